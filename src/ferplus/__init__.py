@@ -1,0 +1,6 @@
+"""FER+ training toolkit: facial-expression networks trained on crowd-sourced label distributions."""
+
+from .labels import EMOTIONS, MODES, VOTE_CATEGORIES
+
+__version__ = "0.1.0"
+__all__ = ["EMOTIONS", "MODES", "VOTE_CATEGORIES", "__version__"]

@@ -1,0 +1,74 @@
+"""Checkpoints: written atomically, read back with clear errors, and turned into ready models."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Tuple, Union
+
+import torch
+from torch import nn
+
+from .errors import FerplusError
+from .models import create_model
+
+FORMAT = "ferplus-checkpoint-1"
+
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_write(path: PathLike, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
+
+    A reader (or a run killed midway) sees either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: PathLike, state: Dict[str, Any]) -> None:
+    """Save a checkpoint dict atomically.
+
+    ``state`` must hold ``model`` (registry name), ``mode`` and ``model_state`` (a state dict);
+    the trainer adds the epoch, optimiser state, history and resolved configuration.
+    """
+    for key in ("model", "mode", "model_state"):
+        if key not in state:
+            raise KeyError(f"checkpoint state lacks {key!r}")
+    payload = {"format": FORMAT, **state}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; a missing or foreign file is a :class:`FerplusError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerplusError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # unpickling errors come in many types
+        raise FerplusError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise FerplusError(f"{path}: not a FER+ checkpoint (expected format {FORMAT})")
+    return state
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build the checkpoint's model with its weights, in eval mode on ``device``; returns ``(model, checkpoint)``."""
+    state = load_checkpoint(path)
+    try:
+        model = create_model(state["model"])
+    except ValueError as e:
+        raise FerplusError(f"{path}: {e}") from None
+    model.load_state_dict(state["model_state"])
+    return model.to(device).eval(), state

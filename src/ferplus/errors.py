@@ -1,0 +1,43 @@
+"""User-facing errors and the command-line wrapper that turns them into one-line messages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional, Sequence
+
+#: Exit status for problems the user can fix (bad input, bad flags), as argparse uses.
+EXIT_USAGE = 2
+
+
+class FerplusError(Exception):
+    """An error the user can act on: shown as a single line, never as a traceback.
+
+    ``exit_code`` is 2 for bad input; failures of a run itself (a diverging loss) use 1.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def run_cli(
+    main: Callable[[argparse.Namespace], object],
+    parser: argparse.ArgumentParser,
+    argv: Optional[Sequence[str]] = None,
+) -> int:
+    """Parse ``argv`` with ``parser``, call ``main(args)`` and return the process exit status.
+
+    A :class:`FerplusError` becomes ``error: <message>`` on stderr and its exit code;
+    Ctrl-C exits with 130 without a traceback.
+    """
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except FerplusError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0

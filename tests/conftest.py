@@ -1,0 +1,47 @@
+"""Shared fixtures: the real FER+ data when it sits beside the checkout, and a generated synthetic set."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+#: Where the real FER+ labels and FER2013 pixels live for development and CI (never in the repo).
+SHARED_FERPLUS = Path(os.environ.get("FERPLUS_SHARED", ROOT.parent / "shared" / "ferplus"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """Skip tests marked ``cuda`` on machines without a CUDA GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_ferplus() -> Path:
+    """The folder with the real ``fer2013new.csv`` and FER2013 pixels; skips the test when absent."""
+    if not (SHARED_FERPLUS / "make_fer2013_csv.py").is_file():
+        pytest.skip(f"real FER+ data not found at {SHARED_FERPLUS}")
+    return SHARED_FERPLUS
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A base folder holding FER2013Train/Valid/Test prepared from the synthetic sample."""
+    from ferplus.prepare import generate_training_data
+    from ferplus.synthetic import write_sample
+
+    root = tmp_path_factory.mktemp("synthetic")
+    fer_csv, ferplus_csv = write_sample(root / "csv")
+    base = root / "data"
+    generate_training_data(base, fer_csv, ferplus_csv, progress=False)
+    return base
