@@ -1,0 +1,538 @@
+"""Turn ``fer2013.csv`` (pixels) and ``fer2013new.csv`` (FER+ votes) into per-split training folders.
+
+For every row that FER+ names, one 8-bit grayscale 48×48 PNG is written into the folder of the
+row's ``Usage`` (:data:`USAGE_FOLDERS`), and each folder gets a ``label.csv`` without header,
+one line per image in CSV order, in the layout the reference trainer reads::
+
+    fer0000000.png,"(0, 0, 48, 48)",4,0,0,1,3,2,0,0,0,0
+
+(image name, the face box ``(left, top, right, bottom)``, then the ten votes in
+:data:`~ferplus.labels.VOTE_CATEGORIES` order).
+
+Both files are validated completely before anything is written; the folders are then built in a
+staging folder inside the base folder and renamed into place, so a failed or killed run never
+leaves a half-written split folder behind.
+
+Speed: ``fer2013.csv`` is ~300 MB of decimal text. It is read in byte-range chunks whose pixels
+numpy's C text reader parses and range-checks, and the PNGs are written uncompressed (see
+:data:`PNG_ZLIB_LEVEL`); large inputs are parsed by a process pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import io
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import struct
+import sys
+import tempfile
+import zlib
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import FerplusError
+from .labels import VOTE_CATEGORIES
+
+PathLike = Union[str, os.PathLike]
+
+IMAGE_SIZE = 48  # FER2013 faces are 48×48 grayscale
+NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+MAX_PIXEL = 255
+#: The face box written to label.csv: FER2013 faces are already cropped, so the box is the whole image.
+FACE_BOX = (0, 0, IMAGE_SIZE, IMAGE_SIZE)
+
+#: ``Usage`` value → output folder, in output order.
+USAGE_FOLDERS = {"Training": "FER2013Train", "PublicTest": "FER2013Valid", "PrivateTest": "FER2013Test"}
+LABEL_FILE = "label.csv"
+
+# fer2013.csv columns this module reads (its ``emotion`` column is FER's old label and unused).
+PIXELS_COLUMN = "pixels"
+USAGE_COLUMN = "Usage"
+FER_HEADER = "emotion,pixels,Usage"
+# fer2013new.csv columns.
+NAME_COLUMN = "Image name"
+FERPLUS_HEADER = ",".join((USAGE_COLUMN, NAME_COLUMN) + VOTE_CATEGORIES)
+# A header with none of a file's own columns (Usage is in both) is the wrong file, not a damaged one.
+FER_OWN_COLUMNS = ("emotion", PIXELS_COLUMN)
+FERPLUS_OWN_COLUMNS = (NAME_COLUMN,) + VOTE_CATEGORIES
+
+FIRST_DATA_LINE = 2  # line 1 of both files is the header
+#: Image names become file names and unquoted label.csv fields, so only plain ``.png`` names pass.
+IMAGE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\.png")
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_GRAYSCALE_8BIT = struct.pack(">BBBBB", 8, 0, 0, 0, 0)  # bit depth 8, grayscale, deflate, filter set 0, no interlace
+PNG_FILTER_NONE = 0  # the filter-type byte that starts every scanline
+# Stored (level 0) deflate: FER2013 faces are noisy photos that deflate shrinks only from ~2.4 to
+# ~1.8 KB, each file takes one 4 KiB filesystem block either way, and compressing 36k images
+# would cost more time than all the rest of the conversion.
+PNG_ZLIB_LEVEL = 0
+
+MAX_CHUNK_BYTES = 4 << 20  # bounds each worker's memory and sets the progress bar's granularity
+CHUNKS_PER_WORKER = 4  # several chunks per worker so that one slow chunk does not idle the others
+PROGRESS_STEP = 1000  # images written between progress bar updates
+#: Below this size the process pool's start-up costs more than it saves.
+POOL_MIN_BYTES = 16 << 20
+FILE_MODE = 0o666  # as open() creates files: the umask decides
+STAGING_PREFIX = ".generate-staging-"  # + "<pid>-<random>": lets a later run spot a dead run's leftovers
+
+
+@dataclass
+class _Labels:
+    """The validated rows of ``fer2013new.csv``."""
+
+    usages: List[str] = field(default_factory=list)
+    names: List[str] = field(default_factory=list)
+    votes: List[List[int]] = field(default_factory=list)
+    lines: List[int] = field(default_factory=list)  # physical line of each row, for messages
+
+
+@dataclass
+class _ChunkResult:
+    """What a worker parsed from one byte range of ``fer2013.csv``."""
+
+    num_rows: int
+    usages: np.ndarray  # int8 index into USAGE_FOLDERS per row
+    images: np.ndarray  # uint8 (num_rows, 48, 48)
+    error: Optional[Tuple[int, str]] = None  # (row index within the chunk, message): stops the run
+
+
+def generate_training_data(
+    base_folder: PathLike,
+    fer_path: PathLike,
+    ferplus_path: PathLike,
+    progress: bool = True,
+    *,
+    workers: Optional[int] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """Write ``FER2013Train/``, ``FER2013Valid/`` and ``FER2013Test/`` (PNGs + ``label.csv``) under ``base_folder``.
+
+    Args:
+        base_folder: folder that receives the three split folders (created if needed). Only those
+            three are replaced; anything else in it is left alone.
+        fer_path: the Kaggle ``fer2013.csv`` (``emotion,pixels,Usage``).
+        ferplus_path: the FER+ ``fer2013new.csv`` (``Usage,Image name,<ten vote columns>``), the
+            same rows in the same order.
+        progress: show progress bars on stderr.
+        workers: processes that parse ``fer2013.csv``; ``None`` picks one per CPU for large
+            inputs and parses in-process for small ones.
+
+    Returns:
+        Per split folder, in :data:`USAGE_FOLDERS` order: ``usage``, ``rows`` (CSV rows of that
+        usage), ``images`` (PNGs written), ``skipped`` (rows without an image name) and
+        ``duplicates`` (names seen again in this split's rows, written only once with the votes
+        of their first row).
+
+    Raises:
+        FerplusError: a file is missing or malformed, or the two files disagree; nothing has
+            been written then.
+    """
+    fer_path, ferplus_path, base = Path(fer_path), Path(ferplus_path), Path(base_folder)
+    for path in (fer_path, ferplus_path):
+        if not path.is_file():
+            raise FerplusError(f"{path}: no such file")
+    header_end, pixels_index, usage_index, num_columns = _read_fer_header(fer_path)
+    size = fer_path.stat().st_size
+    if workers is None:
+        workers = _cpu_count() if size >= POOL_MIN_BYTES else 1
+    ranges = _chunk_ranges(fer_path, header_end, size, workers)
+    tasks = [(str(fer_path), start, end, num_columns, pixels_index, usage_index) for start, end in ranges]
+
+    with _executor(workers) as pool:
+        # The pool parses fer2013.csv while this process reads the (small) label file.
+        parsed = _map(pool, _parse_chunk, tasks)
+        labels = _read_ferplus(ferplus_path)
+        usages, images = _collect_chunks(parsed, ranges, fer_path, progress)
+    _check_rows_agree(labels, usages, fer_path, ferplus_path)
+    plan, summary = _plan_outputs(labels)
+
+    base.mkdir(parents=True, exist_ok=True)
+    _remove_dead_staging(base)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=base))
+    try:
+        _write_splits(staging, plan, labels, images, progress)
+        _move_into_place(staging, base)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def format_summary(summary: Dict[str, Dict[str, Any]]) -> str:
+    """The summary of :func:`generate_training_data` as a small table, plus the duplicate names."""
+    lines = [f"{'folder':<14}{'usage':<13}{'rows':>7}{'images':>8}{'skipped':>9}{'duplicates':>12}"]
+    for folder, s in summary.items():
+        lines.append(
+            f"{folder:<14}{s['usage']:<13}{s['rows']:>7}{s['images']:>8}{s['skipped']:>9}{len(s['duplicates']):>12}"
+        )
+    lines.append("skipped: rows without an image name (FER+ keeps no image for them)")
+    for folder, s in summary.items():
+        if s["duplicates"]:
+            lines.append(f"{folder}: written once, with the first row's votes: {', '.join(s['duplicates'])}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and validating
+
+
+def _split_header(text: str) -> List[str]:
+    return [name.strip().strip('"') for name in text.split(",")]
+
+
+def _read_fer_header(path: Path) -> Tuple[int, int, int, int]:
+    """Check ``fer2013.csv``'s header; returns (byte offset after it, pixels index, Usage index, columns)."""
+    with open(path, "rb") as f:
+        raw = f.readline()
+    try:
+        header = raw.decode("utf-8-sig").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise FerplusError(f"{path}: not a CSV text file (expected the FER2013 header {FER_HEADER})") from None
+    columns = _split_header(header)
+    if not set(FER_OWN_COLUMNS) & set(columns):
+        raise FerplusError(f"{path}: line 1: not a FER2013 CSV (expected the header {FER_HEADER})")
+    missing = [name for name in (PIXELS_COLUMN, USAGE_COLUMN) if name not in columns]
+    if missing:
+        raise FerplusError(f"{path}: line 1: missing column {missing[0]!r} (expected the header {FER_HEADER})")
+    return len(raw), columns.index(PIXELS_COLUMN), columns.index(USAGE_COLUMN), len(columns)
+
+
+def _read_ferplus(path: Path) -> _Labels:
+    """Read and validate every row of ``fer2013new.csv``."""
+    labels = _Labels()
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header:
+                raise FerplusError(f"{path}: empty file (expected the FER+ header {FERPLUS_HEADER})")
+            header = [name.strip() for name in header]
+            if not set(FERPLUS_OWN_COLUMNS) & set(header):
+                raise FerplusError(f"{path}: line 1: not a FER+ label CSV (expected the header {FERPLUS_HEADER})")
+            missing = [name for name in (USAGE_COLUMN,) + FERPLUS_OWN_COLUMNS if name not in header]
+            if missing:
+                raise FerplusError(
+                    f"{path}: line 1: missing column {missing[0]!r} (expected the header {FERPLUS_HEADER})"
+                )
+            usage_i, name_i = header.index(USAGE_COLUMN), header.index(NAME_COLUMN)
+            vote_i = [header.index(name) for name in VOTE_CATEGORIES]
+            for row in reader:
+                line = reader.line_num
+                where = f"{path}: line {line}"
+                if not row:
+                    raise FerplusError(f"{where}: empty line")
+                if len(row) != len(header):
+                    raise FerplusError(f"{where}: expected {len(header)} fields, found {len(row)}")
+                usage, name = row[usage_i], row[name_i]
+                if usage not in USAGE_FOLDERS:
+                    raise FerplusError(f"{where}: {_unknown_usage(usage)}")
+                if name and not IMAGE_NAME_PATTERN.fullmatch(name):
+                    raise FerplusError(f"{where}: image name {name!r} is not a plain .png file name")
+                labels.usages.append(usage)
+                labels.names.append(name)
+                labels.votes.append([_parse_vote(row[i], VOTE_CATEGORIES[k], where) for k, i in enumerate(vote_i)])
+                labels.lines.append(line)
+    except UnicodeDecodeError:
+        raise FerplusError(f"{path}: not a CSV text file (expected the FER+ header {FERPLUS_HEADER})") from None
+    except csv.Error as e:
+        raise FerplusError(f"{path}: not a readable CSV file ({e})") from None
+    return labels
+
+
+def _unknown_usage(usage: str) -> str:
+    return f"unknown Usage {usage!r} (expected {', '.join(USAGE_FOLDERS)})"
+
+
+def _parse_vote(text: str, category: str, where: str) -> int:
+    if text.isascii() and text.isdigit():
+        return int(text)
+    if text.startswith("-") and text[1:].isascii() and text[1:].isdigit():
+        raise FerplusError(f"{where}: negative vote count {text} for {category!r}")
+    raise FerplusError(f"{where}: vote count {text!r} for {category!r} is not a whole number")
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _chunk_ranges(path: Path, start: int, size: int, workers: int) -> List[Tuple[int, int]]:
+    """Split the bytes after the header into ranges that each end at a line end."""
+    num_chunks = max(workers * CHUNKS_PER_WORKER if workers > 1 else 1, math.ceil((size - start) / MAX_CHUNK_BYTES))
+    step = max(1, math.ceil((size - start) / num_chunks))
+    ranges = []
+    with open(path, "rb") as f:
+        while start < size:
+            f.seek(min(start + step, size))
+            f.readline()  # move on to the end of the line the nominal boundary falls in
+            end = min(f.tell(), size)
+            ranges.append((start, end))
+            start = end
+    return ranges
+
+
+def _split_line(line: bytes) -> List[bytes]:
+    if b'"' in line:  # quoted fields are unusual here, so only they take the slower csv module
+        return [value.encode("latin-1") for value in next(csv.reader([line.decode("latin-1")]))]
+    return line.split(b",")
+
+
+def _parse_chunk(task: Tuple[str, int, int, int, int, int]) -> _ChunkResult:
+    """Parse and validate the rows of one byte range of ``fer2013.csv`` (runs in a worker)."""
+    path, start, end, num_columns, pixels_index, usage_index = task
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the chunk's last line end
+    usage_codes = {name.encode(): code for code, name in enumerate(USAGE_FOLDERS)}
+    usages = np.empty(len(lines), dtype=np.int8)
+    fields = []
+    empty = np.empty((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+
+    def fail(row: int, message: str) -> _ChunkResult:
+        return _ChunkResult(len(lines), usages, empty, (row, message))
+
+    for row, line in enumerate(lines):
+        line = line.rstrip(b"\r")
+        if not line.strip():
+            return fail(row, "empty line")
+        values = _split_line(line)
+        if len(values) != num_columns:
+            return fail(row, f"expected {num_columns} comma-separated fields, found {len(values)}")
+        usage = values[usage_index].strip()
+        if usage not in usage_codes:
+            return fail(row, _unknown_usage(usage.decode("latin-1")))
+        usages[row] = usage_codes[usage]
+        pixels = values[pixels_index].strip()
+        # Counting separators is ~100x cheaper than splitting the field; numpy checks the values.
+        if pixels.count(b" ") != NUM_PIXELS - 1:
+            return fail(row, _pixel_problem(pixels))
+        fields.append(pixels)
+    if not fields:
+        return _ChunkResult(0, usages, empty)
+    try:
+        # numpy's C text reader rejects anything but integers in 0..255 (uint8) and counts columns.
+        values = np.loadtxt(io.BytesIO(b"\n".join(fields)), dtype=np.uint8, delimiter=" ", comments=None, ndmin=2)
+    except ValueError:
+        row = next((i for i, f in enumerate(fields) if _pixel_problem(f)), 0)
+        return fail(row, _pixel_problem(fields[row]) or "pixels could not be read")
+    images = values.reshape(len(fields), IMAGE_SIZE, IMAGE_SIZE)
+    return _ChunkResult(len(lines), usages, images)
+
+
+def _pixel_problem(pixels: bytes) -> str:
+    """Why a pixel field is invalid, or "" when it is valid (the slow path, for messages)."""
+    values = pixels.split(b" ") if pixels else []
+    for value in values:
+        if not value.isdigit():
+            found = value.decode("latin-1")[:20]
+            return f"pixels must be integers in 0..{MAX_PIXEL} separated by single spaces, found {found!r}"
+        if int(value) > MAX_PIXEL:
+            return f"pixel value {int(value)} is outside 0..{MAX_PIXEL}"
+    if len(values) != NUM_PIXELS:
+        return f"pixels holds {len(values)} values, expected {NUM_PIXELS} (a {IMAGE_SIZE}x{IMAGE_SIZE} image)"
+    return ""
+
+
+def _collect_chunks(
+    parsed: Iterable[_ChunkResult], ranges: Sequence[Tuple[int, int]], path: Path, progress: bool
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Join the chunk results in file order; the first invalid row becomes a :class:`FerplusError`."""
+    usages, images = [], []
+    line = FIRST_DATA_LINE
+    with tqdm(total=ranges[-1][1] - ranges[0][0] if ranges else 0, unit="B", unit_scale=True,
+              desc=f"reading {path.name}", disable=not progress, file=sys.stderr) as bar:
+        for result, (start, end) in zip(parsed, ranges):
+            if result.error is not None:
+                row, message = result.error
+                raise FerplusError(f"{path}: line {line + row}: {message}")
+            usages.append(result.usages)
+            images.append(result.images)
+            line += result.num_rows
+            bar.update(end - start)
+    if not usages:
+        return np.empty(0, np.int8), np.empty((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    return np.concatenate(usages), np.concatenate(images)
+
+
+def _check_rows_agree(labels: _Labels, usages: np.ndarray, fer_path: Path, ferplus_path: Path) -> None:
+    """Both files must hold the same rows: same count, same ``Usage`` on each row."""
+    if len(labels.usages) != len(usages):
+        raise FerplusError(
+            f"{ferplus_path}: has {len(labels.usages)} rows but {fer_path} has {len(usages)}; "
+            "the two files must list the same images in the same order"
+        )
+    usage_names = list(USAGE_FOLDERS)
+    codes = np.array([usage_names.index(u) for u in labels.usages], dtype=np.int8)
+    mismatch = np.flatnonzero(codes != usages)
+    if len(mismatch):
+        row = int(mismatch[0])
+        raise FerplusError(
+            f"{ferplus_path}: line {labels.lines[row]}: Usage {labels.usages[row]!r} disagrees with "
+            f"{fer_path} line {FIRST_DATA_LINE + row} ({usage_names[usages[row]]!r})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _plan_outputs(labels: _Labels) -> Tuple[Dict[str, List[int]], Dict[str, Dict[str, Any]]]:
+    """Which rows become images in which folder (first row of each name), and the summary."""
+    plan: Dict[str, List[int]] = {folder: [] for folder in USAGE_FOLDERS.values()}
+    summary = {
+        folder: {"usage": usage, "rows": 0, "images": 0, "skipped": 0, "duplicates": []}
+        for usage, folder in USAGE_FOLDERS.items()
+    }
+    seen = set()
+    for row, (usage, name) in enumerate(zip(labels.usages, labels.names)):
+        folder = USAGE_FOLDERS[usage]
+        s = summary[folder]
+        s["rows"] += 1
+        if not name:
+            s["skipped"] += 1
+        elif name in seen:
+            s["duplicates"].append(name)
+        else:
+            seen.add(name)
+            plan[folder].append(row)
+            s["images"] += 1
+    return plan, summary
+
+
+def _label_line(name: str, votes: Sequence[int]) -> str:
+    box = ", ".join(map(str, FACE_BOX))
+    return f'{name},"({box})",{",".join(map(str, votes))}\n'
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """An 8-bit grayscale PNG of a 2-D uint8 ``image`` (unfiltered, stored deflate: fast, lossless)."""
+    height, width = image.shape
+    scanlines = np.empty((height, width + 1), dtype=np.uint8)
+    scanlines[:, 0] = PNG_FILTER_NONE
+    scanlines[:, 1:] = image
+    header = struct.pack(">II", width, height) + PNG_GRAYSCALE_8BIT
+    return b"".join((
+        PNG_SIGNATURE,
+        _png_chunk(b"IHDR", header),
+        _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), PNG_ZLIB_LEVEL)),
+        _png_chunk(b"IEND", b""),
+    ))
+
+
+def _write_pngs(folder: Path, names: Sequence[str], images: np.ndarray) -> None:
+    """Write ``images[i]`` as ``folder/names[i]``."""
+    for name, image in zip(names, images):
+        png = encode_png(image)
+        # os.open skips the buffered file object that open() builds: with ~36k tiny files the
+        # per-file overhead is a large part of the run.
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            if os.write(fd, png) != len(png):  # a short write to a regular file means the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+        finally:
+            os.close(fd)
+
+
+def _write_splits(
+    staging: Path, plan: Dict[str, List[int]], labels: _Labels, images: np.ndarray, progress: bool
+) -> None:
+    """Write every split folder (PNGs, then label.csv) into ``staging``.
+
+    One process does this: the files of a split share a directory, whose lock makes parallel
+    writers wait on each other (measured slower with two).
+    """
+    total = sum(len(rows) for rows in plan.values())
+    with tqdm(total=total, unit="img", desc="writing PNGs", disable=not progress, file=sys.stderr) as bar:
+        for folder, rows in plan.items():
+            out = staging / folder
+            out.mkdir()
+            for i in range(0, len(rows), PROGRESS_STEP):
+                part = rows[i : i + PROGRESS_STEP]
+                _write_pngs(out, [labels.names[r] for r in part], images[part])
+                bar.update(len(part))
+            with open(out / LABEL_FILE, "w", newline="\n", encoding="utf-8") as f:
+                f.writelines(_label_line(labels.names[r], labels.votes[r]) for r in rows)
+
+
+def _move_into_place(staging: Path, base: Path) -> None:
+    """Swap the finished split folders in; the old ones go to the staging folder to be deleted.
+
+    Each swap is two renames, so at any moment a split folder is either the complete old one or
+    the complete new one.
+    """
+    replaced = staging / "replaced"
+    replaced.mkdir()
+    for folder in USAGE_FOLDERS.values():
+        target = base / folder
+        if target.exists() or target.is_symlink():
+            os.replace(target, replaced / folder)
+        os.replace(staging / folder, target)
+
+
+def _remove_dead_staging(base: Path) -> None:
+    """Delete staging folders left by runs that were killed (their process no longer exists)."""
+    for path in base.glob(f"{STAGING_PREFIX}*"):
+        pid = path.name[len(STAGING_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, but belongs to someone else
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Running tasks in-process or on a pool
+
+
+@contextlib.contextmanager
+def _executor(workers: int) -> Iterator[Optional[Executor]]:
+    """A process pool for ``workers > 1``, else None (work in-process).
+
+    On Linux the workers are forked: they start in milliseconds and, unlike spawned ones, do not
+    re-import the caller's main module, so a script without an ``if __name__ == "__main__"``
+    guard works too. They only parse text with numpy, never touching the caller's threads.
+    Elsewhere fork is unsafe and spawn is used. On an error the queued tasks are cancelled
+    rather than run to the end.
+    """
+    if workers <= 1:
+        yield None
+        return
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _map(pool: Optional[Executor], fn: Callable, tasks: Sequence) -> Iterator:
+    """``fn`` over ``tasks`` in order: lazily in-process, or submitted to the pool all at once."""
+    if pool is None:
+        return map(fn, tasks)
+    return pool.map(fn, tasks)

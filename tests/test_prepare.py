@@ -1,0 +1,415 @@
+"""generate_training_data: output format, pixels, duplicates, replacing, and every bad input."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferplus import prepare
+from ferplus.errors import run_cli
+from ferplus.prepare import encode_png, generate_training_data
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "generate_training_data.py"
+FOLDERS = ("FER2013Train", "FER2013Valid", "FER2013Test")
+FER_HEADER = "emotion,pixels,Usage"
+FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("generate_training_data_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+script = _load_script()
+
+
+class Pair:
+    """A small fer2013.csv + fer2013new.csv pair written from editable rows."""
+
+    def __init__(self, folder: Path, rows: List[dict]) -> None:
+        self.folder, self.rows = folder, rows
+        self.fer_lines = [FER_HEADER] + [
+            f"{r['emotion']},{' '.join(map(str, r['pixels'].ravel()))},{r['usage']}" for r in rows
+        ]
+        self.ferplus_lines = [FERPLUS_HEADER] + [
+            f"{r['usage']},{r['name']},{','.join(map(str, r['votes']))}" for r in rows
+        ]
+
+    @property
+    def fer(self) -> Path:
+        return self.folder / "fer2013.csv"
+
+    @property
+    def ferplus(self) -> Path:
+        return self.folder / "fer2013new.csv"
+
+    def write(self) -> "Pair":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.fer.write_text("\n".join(self.fer_lines) + "\n", newline="")
+        self.ferplus.write_text("\n".join(self.ferplus_lines) + "\n", newline="")
+        return self
+
+
+def make_rows(seed: int = 0, per_split: int = 3) -> List[dict]:
+    """Rows of all three splits with random pixels (0 and 255 included) and varied votes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for usage in ("Training", "PublicTest", "PrivateTest"):
+        for _ in range(per_split):
+            pixels = rng.integers(0, 256, size=(48, 48), dtype=np.uint8)
+            pixels[0, :2] = (0, 255)
+            votes = rng.multinomial(10, [0.1] * 10)
+            rows.append({"emotion": 3, "pixels": pixels, "usage": usage, "votes": votes,
+                         "name": f"fer{1000 * seed + len(rows):07d}.png"})
+    return rows
+
+
+def snapshot(folder: Path) -> Dict[str, bytes]:
+    """Every file under ``folder`` (relative path → bytes); {} when the folder does not exist."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def expected_label_csv(rows: List[dict]) -> bytes:
+    return "".join(f'{r["name"]},"(0, 0, 48, 48)",{",".join(map(str, r["votes"]))}\n' for r in rows).encode()
+
+
+def read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.mode == "L" and image.size == (48, 48)
+        return np.asarray(image)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a good run writes
+
+
+def test_label_csv_layout_is_byte_exact(tmp_path: Path) -> None:
+    rows = make_rows()
+    rows[0]["name"], rows[0]["votes"] = "fer0000000.png", [4, 0, 0, 1, 3, 2, 0, 0, 0, 0]
+    pair = Pair(tmp_path / "csv", rows).write()
+    generate_training_data(tmp_path / "data", pair.fer, pair.ferplus, progress=False)
+    label = (tmp_path / "data" / "FER2013Train" / "label.csv").read_bytes()
+    assert label.startswith(b'fer0000000.png,"(0, 0, 48, 48)",4,0,0,1,3,2,0,0,0,0\n')
+    for i, folder in enumerate(FOLDERS):
+        assert (tmp_path / "data" / folder / "label.csv").read_bytes() == expected_label_csv(rows[3 * i : 3 * i + 3])
+
+
+def test_pngs_are_8bit_grayscale_and_pixel_identical(tmp_path: Path) -> None:
+    rows = make_rows()
+    pair = Pair(tmp_path / "csv", rows).write()
+    generate_training_data(tmp_path / "data", pair.fer, pair.ferplus, progress=False)
+    for i, folder in enumerate(FOLDERS):
+        names = sorted(p.name for p in (tmp_path / "data" / folder).glob("*.png"))
+        assert names == sorted(r["name"] for r in rows[3 * i : 3 * i + 3])
+        for r in rows[3 * i : 3 * i + 3]:
+            path = tmp_path / "data" / folder / r["name"]
+            assert path.read_bytes()[24:26] == b"\x08\x00"  # IHDR: bit depth 8, colour type 0 (grayscale)
+            np.testing.assert_array_equal(read_png(path), r["pixels"])
+
+
+@pytest.mark.parametrize("shape", [(48, 48), (5, 7), (1, 1)])
+def test_encode_png_round_trips(shape: tuple) -> None:
+    image = np.random.default_rng(1).integers(0, 256, size=shape, dtype=np.uint8)
+    with Image.open(io.BytesIO(encode_png(image))) as decoded:
+        assert decoded.mode == "L"
+        np.testing.assert_array_equal(np.asarray(decoded), image)
+
+
+def test_empty_names_skipped_and_duplicates_written_once_with_first_votes(tmp_path: Path) -> None:
+    rows = make_rows(per_split=4)
+    rows[1]["name"] = ""  # Training: no image for this row
+    rows[3]["name"] = rows[2]["name"]  # Training: the same image named twice (second votes differ)
+    rows[3]["votes"] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 10]
+    rows[9]["name"] = ""  # PrivateTest
+    pair = Pair(tmp_path / "csv", rows).write()
+    summary = generate_training_data(tmp_path / "data", pair.fer, pair.ferplus, progress=False)
+    assert summary == {
+        "FER2013Train": {"usage": "Training", "rows": 4, "images": 2, "skipped": 1, "duplicates": [rows[2]["name"]]},
+        "FER2013Valid": {"usage": "PublicTest", "rows": 4, "images": 4, "skipped": 0, "duplicates": []},
+        "FER2013Test": {"usage": "PrivateTest", "rows": 4, "images": 3, "skipped": 1, "duplicates": []},
+    }
+    train = tmp_path / "data" / "FER2013Train"
+    assert (train / "label.csv").read_bytes() == expected_label_csv([rows[0], rows[2]])
+    assert len(list(train.glob("*.png"))) == 2
+    np.testing.assert_array_equal(read_png(train / rows[2]["name"]), rows[2]["pixels"])
+    assert (tmp_path / "data" / "FER2013Test" / "label.csv").read_bytes() == expected_label_csv(rows[8:9] + rows[10:])
+    text = prepare.format_summary(summary)
+    assert "FER2013Train: written once, with the first row's votes: " + rows[2]["name"] in text
+
+
+def test_process_pool_gives_the_same_output_as_in_process(tmp_path: Path) -> None:
+    pair = Pair(tmp_path / "csv", make_rows(per_split=20)).write()
+    generate_training_data(tmp_path / "one", pair.fer, pair.ferplus, progress=False, workers=1)
+    generate_training_data(tmp_path / "two", pair.fer, pair.ferplus, progress=False, workers=2)
+    assert snapshot(tmp_path / "one") == snapshot(tmp_path / "two")
+    assert len(snapshot(tmp_path / "one")) == 3 * 21
+
+
+def test_process_pool_reports_the_right_line(tmp_path: Path) -> None:
+    pair = Pair(tmp_path / "csv", make_rows(per_split=20))
+    pair.fer_lines[55] = pair.fer_lines[55].replace(" ", " 300 ", 1)  # a late chunk, 2305 values
+    pair.write()
+    with pytest.raises(prepare.FerplusError, match=rf"fer2013\.csv: line 56: pixel value 300 is outside 0\.\.255"):
+        generate_training_data(tmp_path / "data", pair.fer, pair.ferplus, progress=False, workers=2)
+    assert not (tmp_path / "data").exists()
+
+
+def test_tolerates_crlf_quotes_bom_and_no_final_newline(tmp_path: Path) -> None:
+    rows = make_rows()
+    pair = Pair(tmp_path / "csv", rows)
+    pair.folder.mkdir()
+    fer_lines = [pair.fer_lines[0]] + [f'{line.split(",")[0]},"{line.split(",")[1]}",{line.split(",")[2]}'
+                                       for line in pair.fer_lines[1:]]
+    pair.fer.write_bytes(("\r\n".join(fer_lines)).encode())
+    pair.ferplus.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(pair.ferplus_lines).encode() + b"\r\n")
+    generate_training_data(tmp_path / "data", pair.fer, pair.ferplus, progress=False)
+    assert (tmp_path / "data" / "FER2013Valid" / "label.csv").read_bytes() == expected_label_csv(rows[3:6])
+    np.testing.assert_array_equal(read_png(tmp_path / "data" / "FER2013Test" / rows[8]["name"]), rows[8]["pixels"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Replacing an existing output, and surviving failures
+
+
+def test_rerun_replaces_the_split_folders_and_nothing_else(tmp_path: Path) -> None:
+    base = tmp_path / "data"
+    first = Pair(tmp_path / "a", make_rows(seed=1)).write()
+    second = Pair(tmp_path / "b", make_rows(seed=2)).write()
+    generate_training_data(base, first.fer, first.ferplus, progress=False)
+    (base / "fer2013new.csv").write_text("shipped labels\n")
+    (base / "notes").mkdir()
+    (base / "notes" / "keep.txt").write_text("mine\n")
+
+    generate_training_data(base, second.fer, second.ferplus, progress=False)
+    fresh = tmp_path / "fresh"
+    generate_training_data(fresh, second.fer, second.ferplus, progress=False)
+    after = snapshot(base)
+    assert after.pop("fer2013new.csv") == b"shipped labels\n"
+    assert after.pop("notes/keep.txt") == b"mine\n"
+    assert after == snapshot(fresh)  # no file of the first run survives
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + ("fer2013new.csv", "notes"))
+
+
+def test_failure_while_writing_leaves_previous_output_intact(tmp_path: Path, monkeypatch) -> None:
+    base = tmp_path / "data"
+    good = Pair(tmp_path / "a", make_rows(seed=1)).write()
+    other = Pair(tmp_path / "b", make_rows(seed=2)).write()
+    generate_training_data(base, good.fer, good.ferplus, progress=False)
+    before = snapshot(base)
+    calls = []
+
+    def failing_write(folder, names, images):
+        calls.append(folder)
+        if len(calls) == 2:  # the first split is complete, the second has begun
+            raise OSError(28, "No space left on device")
+        real_write(folder, names, images)
+
+    real_write = prepare._write_pngs
+    monkeypatch.setattr(prepare, "_write_pngs", failing_write)
+    with pytest.raises(OSError):
+        generate_training_data(base, other.fer, other.ferplus, progress=False)
+    assert snapshot(base) == before
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS)  # no staging folder left
+
+
+def test_leftovers_of_a_killed_run_are_removed(tmp_path: Path) -> None:
+    base = tmp_path / "data"
+    dead = base / f"{prepare.STAGING_PREFIX}999999999-abc"  # no such process id
+    (dead / "FER2013Train").mkdir(parents=True)
+    (dead / "FER2013Train" / "fer0000001.png").write_bytes(b"half")
+    pair = Pair(tmp_path / "csv", make_rows()).write()
+    generate_training_data(base, pair.fer, pair.ferplus, progress=False)
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: exit status 2, one line naming the file (and line), nothing written
+
+
+def _replace_field(lines: List[str], line: int, index: int, value: str) -> None:
+    fields = lines[line - 1].split(",")
+    fields[index] = value
+    lines[line - 1] = ",".join(fields)
+
+
+def _lines(edit: Callable[[Pair], object]) -> Callable[[Pair], None]:
+    """An edit of the pair's CSV lines, written out afterwards."""
+    return lambda pair: (edit(pair), pair.write()) and None
+
+
+def _pixels(line: int, values: List[str]) -> Callable[[Pair], None]:
+    return _lines(lambda p: _replace_field(p.fer_lines, line, 1, " ".join(values)))
+
+
+def _fer_field(line: int, index: int, value: str) -> Callable[[Pair], None]:
+    return _lines(lambda p: _replace_field(p.fer_lines, line, index, value))
+
+
+def _ferplus_field(line: int, index: int, value: str) -> Callable[[Pair], None]:
+    return _lines(lambda p: _replace_field(p.ferplus_lines, line, index, value))
+
+
+ZEROS = ["0"] * 2304
+BAD_INPUTS: Dict[str, tuple] = {
+    # name: (edit of a good pair, the file the message names, text the message must hold)
+    "fer missing": (lambda p: p.fer.unlink(), "fer", "fer2013.csv: no such file"),
+    "ferplus missing": (lambda p: p.ferplus.unlink(), "ferplus", "fer2013new.csv: no such file"),
+    "fer is binary": (lambda p: p.fer.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00"), "fer", "not a CSV text file"),
+    "ferplus is binary": (lambda p: p.ferplus.write_bytes(b"\xff\xfe\x00\x81"), "ferplus", "not a CSV text file"),
+    "fer is another csv": (lambda p: p.fer.write_text("a,b,c\n1,2,3\n"), "fer", "line 1: not a FER2013 CSV"),
+    "ferplus is the fer file": (lambda p: p.ferplus.write_bytes(p.fer.read_bytes()), "ferplus",
+                                "line 1: not a FER+ label CSV"),
+    "fer is empty": (lambda p: p.fer.write_bytes(b""), "fer", "not a FER2013 CSV"),
+    "ferplus is empty": (lambda p: p.ferplus.write_bytes(b""), "ferplus", "empty file"),
+    "fer lacks pixels": (_lines(lambda p: p.fer_lines.__setitem__(0, "emotion,Usage")), "fer",
+                         "line 1: missing column 'pixels'"),
+    "fer lacks Usage": (_lines(lambda p: p.fer_lines.__setitem__(0, "emotion,pixels,Use")), "fer",
+                        "line 1: missing column 'Usage'"),
+    "ferplus lacks NF": (_lines(lambda p: p.ferplus_lines.__setitem__(0, FERPLUS_HEADER[:-3])), "ferplus",
+                         "line 1: missing column 'NF'"),
+    "ferplus lacks Image name": (_lines(lambda p: p.ferplus_lines.__setitem__(
+        0, FERPLUS_HEADER.replace("Image name", "img"))), "ferplus", "line 1: missing column 'Image name'"),
+    "ferplus has fewer rows": (_lines(lambda p: p.ferplus_lines.pop()), "ferplus", "has 8 rows but"),
+    "fer has fewer rows": (_lines(lambda p: p.fer_lines.pop()), "ferplus", "has 9 rows but"),
+    "2303 pixels": (_pixels(3, ZEROS[:-1]), "fer", "line 3: pixels holds 2303 values, expected 2304"),
+    "2305 pixels": (_pixels(4, ZEROS + ["0"]), "fer", "line 4: pixels holds 2305 values, expected 2304"),
+    "empty pixels": (_pixels(2, []), "fer", "line 2: pixels holds 0 values"),
+    "pixel 256": (_pixels(5, ZEROS[:-1] + ["256"]), "fer", "line 5: pixel value 256 is outside 0..255"),
+    "pixel -1": (_pixels(6, ["-1"] + ZEROS[1:]), "fer", "line 6: pixels must be integers in 0..255"),
+    "pixel 1.5": (_pixels(7, ZEROS[:-1] + ["1.5"]), "fer", "line 7: pixels must be integers in 0..255"),
+    "pixel word": (_pixels(10, ZEROS[:9] + ["abc"] + ZEROS[10:]), "fer",
+                   "line 10: pixels must be integers in 0..255 separated by single spaces, found 'abc'"),
+    "pixels double space": (_pixels(3, ZEROS[:-1] + ["", "0"]), "fer", "line 3: pixels"),
+    "fer extra field": (_lines(lambda p: p.fer_lines.__setitem__(3, p.fer_lines[3] + ",x")), "fer",
+                        "line 4: expected 3 comma-separated fields, found 4"),
+    "fer blank line": (_lines(lambda p: p.fer_lines.insert(3, "")), "fer", "line 4: empty line"),
+    "fer unknown Usage": (_fer_field(4, 2, "Train"), "fer", "line 4: unknown Usage 'Train'"),
+    "ferplus unknown Usage": (_ferplus_field(9, 0, "Test"), "ferplus", "line 9: unknown Usage 'Test'"),
+    "Usage disagrees": (_ferplus_field(4, 0, "PublicTest"), "ferplus",
+                        "line 4: Usage 'PublicTest' disagrees with"),
+    "negative vote": (_ferplus_field(6, 6, "-1"), "ferplus", "line 6: negative vote count -1 for 'anger'"),
+    "fractional vote": (_ferplus_field(7, 11, "2.5"), "ferplus",
+                        "line 7: vote count '2.5' for 'NF' is not a whole number"),
+    "empty vote": (_ferplus_field(8, 2, ""), "ferplus", "line 8: vote count '' for 'neutral' is not a whole number"),
+    "ferplus short row": (_lines(lambda p: p.ferplus_lines.__setitem__(2, "Training,fer9.png,1,2")), "ferplus",
+                          "line 3: expected 12 fields, found 4"),
+    "unsafe image name": (_ferplus_field(2, 1, "../evil.png"), "ferplus",
+                          "line 2: image name '../evil.png' is not a plain .png file name"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case: str, tmp_path: Path, capsys) -> None:
+    edit, named, expected = BAD_INPUTS[case]
+    good = Pair(tmp_path / "good", make_rows(seed=5)).write()
+    existing = tmp_path / "existing"
+    generate_training_data(existing, good.fer, good.ferplus, progress=False)
+    before = snapshot(existing)
+
+    bad = Pair(tmp_path / "bad", make_rows()).write()
+    edit(bad)
+    capsys.readouterr()
+    for base in (tmp_path / "fresh", existing):
+        argv = ["-d", str(base), "-fer", str(bad.fer), "-ferplus", str(bad.ferplus), "--quiet"]
+        assert run_cli(script.main, script.get_args_parser(), argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        path = bad.fer if named == "fer" else bad.ferplus
+        assert err.split(": error: ", 1)[1].startswith(f"{path}"), err
+        assert expected in err, err
+    assert not (tmp_path / "fresh").exists()
+    assert snapshot(existing) == before
+
+
+def test_script_exit_status_and_message_in_a_real_process(tmp_path: Path) -> None:
+    pair = Pair(tmp_path / "csv", make_rows())
+    _replace_field(pair.ferplus_lines, 3, 4, "-2")
+    pair.write()
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "-d", str(tmp_path / "data"), "-fer", str(pair.fer),
+         "-ferplus", str(pair.ferplus)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"generate_training_data.py: error: {pair.ferplus}: line 3: negative vote count -2 for 'surprise'\n"
+    )
+    assert not (tmp_path / "data").exists()
+
+
+def test_ferplus_without_fer_is_refused(tmp_path: Path, capsys) -> None:
+    argv = ["-d", str(tmp_path / "data"), "-ferplus", str(tmp_path / "x.csv")]
+    assert run_cli(script.main, script.get_args_parser(), argv) == 2
+    assert "-ferplus needs -fer" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_script_without_fer_prepares_a_synthetic_sample(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "-d", str(tmp_path / "data"), "--quiet"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "SYNTHETIC" in result.stdout and "not FER2013" in result.stdout
+    assert result.stderr == ""  # --quiet: no progress bars
+    base = tmp_path / "data"
+    assert (base / "synthetic" / "fer2013.csv").is_file() and (base / "synthetic" / "fer2013new.csv").is_file()
+    for folder in FOLDERS:
+        labels = (base / folder / "label.csv").read_text().splitlines()
+        assert len(labels) == len(list((base / folder).glob("*.png"))) > 0
+
+
+def test_progress_bars_go_to_stderr_only_when_asked(tmp_path: Path, capsys) -> None:
+    pair = Pair(tmp_path / "csv", make_rows()).write()
+    generate_training_data(tmp_path / "a", pair.fer, pair.ferplus, progress=True)
+    out = capsys.readouterr()
+    assert out.out == "" and "writing PNGs" in out.err
+    generate_training_data(tmp_path / "b", pair.fer, pair.ferplus, progress=False)
+    assert capsys.readouterr() == ("", "")
+
+
+# ---------------------------------------------------------------------------------------------
+# The real FER2013/FER+ data (skipped when ../shared/ferplus is absent)
+
+
+def test_real_sample_pixels_and_votes(shared_ferplus: Path, tmp_path: Path) -> None:
+    fer = tmp_path / "sample" / "fer2013.csv"
+    subprocess.run([sys.executable, str(shared_ferplus / "make_fer2013_csv.py"), str(fer), "--per-split", "200"],
+                   check=True, capture_output=True)
+    ferplus = fer.parent / "fer2013new.csv"
+    summary = generate_training_data(tmp_path / "data", fer, ferplus, progress=False)
+
+    with open(fer, newline="") as f:
+        fer_rows = list(csv.reader(f))[1:]
+    with open(ferplus, newline="") as f:
+        label_rows = list(csv.reader(f))[1:]
+    expected: Dict[str, List[str]] = {folder: [] for folder in FOLDERS}
+    pixels: Dict[str, np.ndarray] = {}
+    for (_, pixel_text, usage), (usage2, name, *votes) in zip(fer_rows, label_rows):
+        assert usage == usage2
+        if name and name not in pixels:
+            folder = prepare.USAGE_FOLDERS[usage]
+            expected[folder].append(f'{name},"(0, 0, 48, 48)",{",".join(votes)}')
+            pixels[name] = np.array(pixel_text.split(), dtype=np.uint8).reshape(48, 48)
+    for folder in FOLDERS:
+        lines = (tmp_path / "data" / folder / "label.csv").read_text().splitlines()
+        assert lines == expected[folder]
+        assert summary[folder]["images"] == len(lines) == len(list((tmp_path / "data" / folder).glob("*.png")))
+        for line in lines:
+            name = line.split(",")[0]
+            np.testing.assert_array_equal(read_png(tmp_path / "data" / folder / name), pixels[name])
+    assert sum(s["rows"] for s in summary.values()) == 600
