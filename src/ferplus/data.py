@@ -1,0 +1,273 @@
+"""Prepared FER+ folders in memory, and the minibatch streams the trainer and evaluator read.
+
+A prepared split folder (``FER2013Train`` …) holds PNG faces and a ``label.csv`` whose lines
+read ``name,"(left, top, right, bottom)",v0,…,v9`` (the ten vote counts). :func:`read_folder`
+loads a whole split as one uint8 array; :class:`TrainStream` keeps it on the training device
+and serves shuffled, augmented minibatches with the mode's targets; :class:`EvalSet` holds the
+majority-labelled images preprocessed once.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Union
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import FerplusError
+from .labels import EMOTIONS, EVAL_MODE, NUM_EMOTIONS, NUM_VOTES, majority_class, process_votes
+from .prepare import LABEL_FILE, USAGE_FOLDERS
+from .transforms import CROP_BLOCK, preprocess
+
+#: The prepared folder of each split inside the data folder (FER2013's Training, PublicTest, PrivateTest).
+SPLIT_FOLDERS = dict(zip(("train", "valid", "test"), USAGE_FOLDERS.values()))
+#: label.csv columns: image name, face box, then the votes.
+NAME_COLUMN, BOX_COLUMN, FIRST_VOTE_COLUMN = 0, 1, 2
+NUM_COLUMNS = FIRST_VOTE_COLUMN + NUM_VOTES
+_BOX_PATTERN = re.compile(r"^\s*\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)\s*$")
+_VOTE_PATTERN = re.compile(r"^\s*\d+\s*$")
+
+#: Images augmented and preprocessed per device call (one preprocessing block, so no copy);
+#: minibatches are sliced from such a chunk.
+CHUNK_IMAGES = CROP_BLOCK
+#: multi_target: every emotion with a share gets 1, the rest 0, then smoothed by this much.
+MULTI_TARGET_SMOOTHING = 0.001
+#: Heading of the summary table's first column.
+SPLIT_COLUMN_HEADER = "emotion"
+
+Device = Union[str, torch.device]
+
+
+@dataclass
+class FerFolder:
+    """One prepared split in memory.
+
+    ``boxes`` int64 ``(N, 4)`` (left, top, right, bottom); ``votes`` int64 ``(N, 10)``;
+    ``images`` uint8 ``(N, H, W)``.
+    """
+
+    folder: Path
+    names: list[str]
+    boxes: np.ndarray
+    votes: np.ndarray
+    images: np.ndarray
+
+
+def _parse_line(row: list[str], where: str) -> tuple[str, tuple[int, ...], list[int]]:
+    if len(row) != NUM_COLUMNS:
+        raise FerplusError(f"{where}: expected {NUM_COLUMNS} columns (name, box, {NUM_VOTES} votes), got {len(row)}")
+    name = row[NAME_COLUMN].strip()
+    if not name:
+        raise FerplusError(f"{where}: empty image name")
+    box_match = _BOX_PATTERN.match(row[BOX_COLUMN])
+    if box_match is None:
+        raise FerplusError(f"{where}: face box {row[BOX_COLUMN]!r} is not '(left, top, right, bottom)'")
+    left, top, right, bottom = box = tuple(int(v) for v in box_match.groups())
+    if right <= left or bottom <= top:
+        raise FerplusError(f"{where}: face box {box} is empty")
+    votes = row[FIRST_VOTE_COLUMN:]
+    bad = [v for v in votes if not _VOTE_PATTERN.match(v)]
+    if bad:
+        raise FerplusError(f"{where}: vote counts must be non-negative integers, got {bad[0]!r}")
+    return name, box, [int(v) for v in votes]
+
+
+def _read_gray(path: Path) -> Union[np.ndarray, None]:
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode copes with any path encoding
+    except OSError:
+        return None
+    return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+
+
+def read_folder(folder: Union[str, Path]) -> FerFolder:
+    """Read a prepared split folder (``label.csv`` + PNGs) into memory.
+
+    Raises:
+        FerplusError: naming ``label.csv`` and the line, for a line with the wrong number of
+            columns, a box that does not parse or does not fit its image, bad vote counts, a
+            missing or unreadable PNG, or an image whose size differs from the folder's first.
+    """
+    folder = Path(folder)
+    label_path = folder / LABEL_FILE
+    try:
+        with open(label_path, newline="") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise FerplusError(f"{label_path}: cannot read: {e.strerror or e}") from None
+    # Blank lines carry no image; keep the others with their 1-based line numbers for messages.
+    numbered = [(number, row) for number, row in enumerate(rows, 1) if row]
+    if not numbered:
+        raise FerplusError(f"{label_path}: no images listed")
+    parsed = [_parse_line(row, f"{label_path}: line {number}") for number, row in numbered]
+    names = [name for name, _, _ in parsed]
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(_read_gray, [folder / name for name in names]))
+
+    shape = None
+    for (number, _), (name, box, _), image in zip(numbered, parsed, images):
+        where = f"{label_path}: line {number}"
+        if image is None:
+            state = "missing" if not (folder / name).is_file() else "unreadable"
+            raise FerplusError(f"{where}: image {folder / name} is {state}")
+        height, width = image.shape
+        left, top, right, bottom = box
+        if right > width or bottom > height:
+            raise FerplusError(f"{where}: face box {box} does not fit image {name} of {width}x{height} pixels")
+        if shape is None:
+            shape = image.shape
+        elif image.shape != shape:
+            raise FerplusError(
+                f"{where}: image {name} is {width}x{height} pixels, the folder's first is {shape[1]}x{shape[0]}"
+            )
+    return FerFolder(
+        folder=folder,
+        names=names,
+        boxes=np.array([box for _, box, _ in parsed], dtype=np.int64).reshape(-1, 4),
+        votes=np.array([votes for _, _, votes in parsed], dtype=np.int64).reshape(-1, NUM_VOTES),
+        images=np.stack(images),
+    )
+
+
+def _seed(*key: int) -> int:
+    """A 63-bit generator seed that is a pure function of ``key`` (e.g. seed, epoch, rank)."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _generator(device: torch.device, *key: int) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(_seed(*key))
+    return generator
+
+
+def _kept(data: FerFolder, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(keep, targets, labels, class_counts)`` of the images ``mode`` keeps (labels: first argmax)."""
+    targets, keep = process_votes(data.votes, mode)
+    labels = majority_class(targets[keep]).astype(np.int64)
+    return keep, targets[keep], labels, np.bincount(labels, minlength=NUM_EMOTIONS).astype(np.int64)
+
+
+class TrainStream:
+    """Shuffled, augmented training minibatches of one split, generated on ``device``.
+
+    Keeps the images ``mode`` keeps as uint8 on ``device``. Each epoch draws a permutation
+    from ``(seed, epoch)`` (the same on every rank), rank ``r`` of ``world_size`` takes every
+    ``world_size``-th image of it from position ``r`` (equal shards; the at most
+    ``world_size - 1`` images left over are skipped that epoch), and augmentation and
+    ``probability`` label draws use a generator seeded from ``(seed, epoch, rank)``.
+    """
+
+    def __init__(
+        self,
+        data: FerFolder,
+        mode: str,
+        batch_size: int,
+        device: Device,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        augment: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        keep, targets, labels, self.class_counts = _kept(data, mode)
+        self.mode = mode
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.augment = augment
+        self.num_images = int(keep.sum())
+        self.images = torch.from_numpy(data.images[keep]).to(self.device)
+        self.boxes = torch.from_numpy(data.boxes[keep]).to(self.device)
+        self.targets = torch.from_numpy(targets).to(self.device)
+        self.labels = torch.from_numpy(labels).to(self.device)
+        self.shard_size = self.num_images // world_size
+        # Whole minibatches per chunk, so no minibatch straddles two chunks.
+        self.chunk_size = max(1, CHUNK_IMAGES // batch_size) * batch_size
+
+    def __len__(self) -> int:
+        """Minibatches per epoch on this rank (the last one may be smaller)."""
+        return math.ceil(self.shard_size / self.batch_size)
+
+    def shard(self, epoch: int) -> torch.Tensor:
+        """This rank's image indices for ``epoch``, in the order they are served."""
+        order = torch.randperm(
+            self.num_images, generator=_generator(self.device, self.seed, epoch), device=self.device
+        )
+        return order[self.rank::self.world_size][: self.shard_size]
+
+    def _loss_targets(self, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.mode == "probability":
+            drawn = torch.multinomial(targets, 1, generator=generator)
+            return torch.zeros_like(targets).scatter_(1, drawn, 1.0)
+        if self.mode == "multi_target":
+            return (1 - MULTI_TARGET_SMOOTHING) * (targets > 0).to(targets.dtype) + MULTI_TARGET_SMOOTHING
+        return targets  # majority, crossentropy: the distribution itself
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield ``(inputs (B,1,64,64) float32, loss_targets (B,8) float32, labels (B,) int64)``."""
+        generator = _generator(self.device, self.seed, epoch, self.rank)
+        shard = self.shard(epoch)
+        for start in range(0, len(shard), self.chunk_size):
+            index = shard[start:start + self.chunk_size]
+            inputs = preprocess(self.images[index], self.boxes[index], augment=self.augment, generator=generator)
+            loss_targets = self._loss_targets(self.targets[index], generator)
+            labels = self.labels[index]
+            for b in range(0, len(index), self.batch_size):
+                batch = slice(b, b + self.batch_size)
+                yield inputs[batch], loss_targets[batch], labels[batch]
+
+
+class EvalSet:
+    """The majority-labelled images of a split, preprocessed once (no augmentation) on ``device``.
+
+    Images the majority rule drops are not evaluated. Attributes: ``inputs`` float32
+    ``(N, 1, 64, 64)``, ``labels`` int64 ``(N,)``, ``class_counts`` int64 ``(8,)``, ``names``.
+    """
+
+    def __init__(self, data: FerFolder, device: Device) -> None:
+        keep, _, labels, self.class_counts = _kept(data, EVAL_MODE)
+        device = torch.device(device)
+        self.names = [name for name, kept in zip(data.names, keep) if kept]
+        self.num_images = len(self.names)
+        images = torch.from_numpy(data.images[keep]).to(device)
+        self.inputs = preprocess(images, torch.from_numpy(data.boxes[keep]).to(device))
+        self.labels = torch.from_numpy(labels).to(device)
+
+    def batches(
+        self, batch_size: int, rank: int = 0, world_size: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(inputs, labels)`` minibatches of this rank's shard: every ``world_size``-th
+        image from position ``rank``, so the ranks together cover every image exactly once."""
+        index = torch.arange(rank, self.num_images, world_size, device=self.inputs.device)
+        for start in range(0, len(index), batch_size):
+            batch = index[start:start + batch_size]
+            yield self.inputs[batch], self.labels[batch]
+
+
+def summary_table(counts: Mapping[str, np.ndarray]) -> str:
+    """A fixed-width table of images per emotion: rows neutral … contempt and total, one
+    column per key of ``counts`` (e.g. ``"Train"``, ``"Val"``, ``"Test"``)."""
+    rows = [SPLIT_COLUMN_HEADER, *EMOTIONS, "total"]
+    columns = {key: [int(v) for v in value] + [int(np.sum(value))] for key, value in counts.items()}
+    for key, values in columns.items():
+        if len(values) != NUM_EMOTIONS + 1:
+            raise ValueError(f"counts[{key!r}] must have {NUM_EMOTIONS} entries, got {len(values) - 1}")
+    name_width = max(len(r) for r in rows) + 2
+    min_width = len("Train")  # keeps the usual three columns aligned as one block
+    widths = {key: max(min_width, len(key), *(len(str(v)) for v in values)) + 2 for key, values in columns.items()}
+    lines = [rows[0].ljust(name_width) + "".join(key.rjust(widths[key]) for key in columns)]
+    for i, row in enumerate(rows[1:]):
+        lines.append(row.ljust(name_width) + "".join(str(columns[key][i]).rjust(widths[key]) for key in columns))
+    return "\n".join(lines)

@@ -1,0 +1,299 @@
+"""The prepared-folder reader, the training stream and the evaluation set, on folders written here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ferplus.data import SPLIT_FOLDERS, EvalSet, FerFolder, TrainStream, read_folder, summary_table
+from ferplus.errors import FerplusError
+from ferplus.labels import EMOTIONS, NUM_EMOTIONS, process_votes
+from ferplus.transforms import preprocess
+
+# Votes chosen so every mode keeps or drops something different (see test_labels' worked examples).
+VOTES = [
+    (4, 0, 0, 1, 3, 2, 0, 0, 0, 0),  # majority drops; crossentropy/multi_target {0, 4}
+    (5, 0, 0, 3, 1, 0, 0, 0, 1, 0),  # majority 0; distribution {0: .625, 3: .375}
+    (3, 3, 0, 0, 2, 0, 0, 0, 2, 0),  # crossentropy {0, 1, 4}; multi_target {0, 1}
+    (2, 2, 2, 2, 2, 0, 0, 0, 0, 0),  # dropped by every mode
+    (0, 10, 0, 0, 0, 0, 0, 0, 0, 0),  # happiness, all modes
+    (0, 0, 0, 0, 0, 0, 4, 3, 3, 0),  # majority drops; fear/contempt
+]
+BOX = "(0, 0, 48, 48)"
+
+
+def write_folder(folder: Path, votes=VOTES, size=(48, 48), seed: int = 0) -> list[np.ndarray]:
+    """A prepared split: one PNG per line of label.csv. Returns the images written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images, lines = [], []
+    for i, v in enumerate(votes):
+        image = rng.integers(0, 256, size=size, dtype=np.uint8)
+        name = f"fer{i:07d}.png"
+        assert cv2.imwrite(str(folder / name), image)
+        images.append(image)
+        lines.append(f'{name},"(0, 0, {size[1]}, {size[0]})",' + ",".join(map(str, v)))
+    (folder / "label.csv").write_text("\n".join(lines) + "\n")
+    return images
+
+
+def make_data(n: int, seed: int = 0) -> FerFolder:
+    """An in-memory split of ``n`` random faces whose votes cycle through VOTES."""
+    rng = np.random.default_rng(seed)
+    return FerFolder(
+        folder=Path("memory"),
+        names=[f"img{i}.png" for i in range(n)],
+        boxes=np.tile([0, 0, 48, 48], (n, 1)).astype(np.int64),
+        votes=np.array([VOTES[i % len(VOTES)] for i in range(n)], dtype=np.int64),
+        images=rng.integers(0, 256, size=(n, 48, 48), dtype=np.uint8),
+    )
+
+
+# ---------------------------------------------------------------- read_folder
+def test_read_folder_loads_everything(tmp_path: Path) -> None:
+    images = write_folder(tmp_path / "FER2013Train")
+    data = read_folder(tmp_path / "FER2013Train")
+    assert data.names == [f"fer{i:07d}.png" for i in range(len(VOTES))]
+    assert data.images.dtype == np.uint8 and np.array_equal(data.images, np.stack(images))
+    assert data.boxes.dtype == np.int64 and (data.boxes == [0, 0, 48, 48]).all()
+    assert data.votes.dtype == np.int64 and data.votes.tolist() == [list(v) for v in VOTES]
+    assert SPLIT_FOLDERS == {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
+
+
+def test_read_folder_accepts_boxes_inside_larger_images(tmp_path: Path) -> None:
+    write_folder(tmp_path, votes=VOTES[:2], size=(60, 50))
+    label = tmp_path / "label.csv"
+    lines = label.read_text().splitlines()
+    lines[1] = lines[1].replace('"(0, 0, 50, 60)"', '"(5, 10, 45, 40)"')
+    label.write_text("\n".join(lines) + "\n\n")  # a trailing blank line is fine
+    data = read_folder(tmp_path)
+    assert data.images.shape == (2, 60, 50)
+    assert data.boxes.tolist() == [[0, 0, 50, 60], [5, 10, 45, 40]]
+
+
+def corrupt_line(folder: Path, line: int, new: str) -> None:
+    label = folder / "label.csv"
+    lines = label.read_text().splitlines()
+    lines[line - 1] = new
+    label.write_text("\n".join(lines) + "\n")
+
+
+VOTE_TAIL = ",".join(map(str, VOTES[0]))
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (f'fer0000002.png,"(0, 0, 48, 48)",{VOTE_TAIL},7', "expected 12 columns"),
+        ('fer0000002.png,"(0, 0, 48, 48)",1,2,3', "expected 12 columns"),
+        (f'fer0000002.png,"0 0 48 48",{VOTE_TAIL}', "face box '0 0 48 48'"),
+        (f'fer0000002.png,"(0, 0, 48)",{VOTE_TAIL}', "face box"),
+        (f'fer0000002.png,"(0, 0, 48, 4x)",{VOTE_TAIL}', "face box"),
+        (f'fer0000002.png,"(10, 0, 10, 48)",{VOTE_TAIL}', "is empty"),
+        (f'fer0000002.png,"(0, 0, 48, 49)",{VOTE_TAIL}', "does not fit image fer0000002.png of 48x48"),
+        (f'fer0000002.png,"(0, 0, 60, 48)",{VOTE_TAIL}', "does not fit"),
+        ('fer0000002.png,"(0, 0, 48, 48)",4,0,0,-1,3,2,0,0,0,0', "non-negative integers, got '-1'"),
+        ('fer0000002.png,"(0, 0, 48, 48)",4,0,0,1.5,3,2,0,0,0,0', "non-negative integers, got '1.5'"),
+        ('fer0000002.png,"(0, 0, 48, 48)",4,0,0,x,3,2,0,0,0,0', "non-negative integers"),
+        (f'missing.png,"(0, 0, 48, 48)",{VOTE_TAIL}', "missing.png is missing"),
+        (f',"(0, 0, 48, 48)",{VOTE_TAIL}', "empty image name"),
+    ],
+)
+def test_bad_label_lines_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
+    write_folder(tmp_path)
+    corrupt_line(tmp_path, 3, line)
+    with pytest.raises(FerplusError, match=f"label.csv: line 3: .*{message}") as error:
+        read_folder(tmp_path)
+    assert str(error.value).startswith(str(tmp_path / "label.csv"))
+
+
+def test_unreadable_png_is_reported(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    (tmp_path / "fer0000004.png").write_bytes(b"not a png at all")
+    with pytest.raises(FerplusError, match=r"label.csv: line 5: image .*fer0000004.png is unreadable"):
+        read_folder(tmp_path)
+
+
+def test_images_of_differing_sizes_are_reported(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    cv2.imwrite(str(tmp_path / "fer0000003.png"), np.zeros((50, 50), np.uint8))
+    with pytest.raises(FerplusError, match="line 4: image fer0000003.png is 50x50 pixels, the folder's first is 48x48"):
+        read_folder(tmp_path)
+
+
+def test_missing_or_empty_label_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(FerplusError, match="label.csv: cannot read"):
+        read_folder(tmp_path)
+    (tmp_path / "label.csv").write_text("")
+    with pytest.raises(FerplusError, match="label.csv: no images"):
+        read_folder(tmp_path)
+
+
+def test_colour_png_is_read_as_grayscale(tmp_path: Path) -> None:
+    write_folder(tmp_path, votes=VOTES[:1])
+    gray = np.full((48, 48), 99, np.uint8)
+    cv2.imwrite(str(tmp_path / "fer0000000.png"), np.dstack([gray] * 3))
+    assert (read_folder(tmp_path).images == 99).all()
+
+
+# ---------------------------------------------------------------- TrainStream
+def collect(stream: TrainStream, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batches = list(stream.epoch(epoch))
+    assert len(batches) == len(stream)
+    return tuple(torch.cat(parts) for parts in zip(*batches))
+
+
+def test_stream_keeps_the_modes_images_and_batches_them() -> None:
+    data = make_data(60)
+    for mode in ("majority", "crossentropy", "multi_target", "probability"):
+        targets, keep = process_votes(data.votes, mode)
+        stream = TrainStream(data, mode, batch_size=7, device="cpu", augment=False)
+        assert stream.num_images == keep.sum()
+        assert stream.class_counts.dtype == np.int64
+        assert stream.class_counts.tolist() == np.bincount(targets[keep].argmax(1), minlength=8).tolist()
+        batches = list(stream.epoch(0))
+        sizes = [len(b[0]) for b in batches]
+        assert sizes == [7] * (keep.sum() // 7) + ([keep.sum() % 7] if keep.sum() % 7 else [])  # last kept
+        for inputs, loss_targets, labels in batches:
+            assert inputs.shape[1:] == (1, 64, 64) and inputs.dtype == torch.float32
+            assert loss_targets.shape[1:] == (NUM_EMOTIONS,) and loss_targets.dtype == torch.float32
+            assert labels.dtype == torch.int64
+
+
+def test_stream_serves_each_image_with_its_own_target() -> None:
+    """Without augmentation the inputs are the evaluation crops: match them back to their targets."""
+    data = make_data(30)
+    targets, keep = process_votes(data.votes, "crossentropy")
+    expected = preprocess(data.images[keep])
+    stream = TrainStream(data, "crossentropy", batch_size=4, device="cpu", augment=False)
+    inputs, loss_targets, labels = collect(stream, 3)
+    for x, t, label in zip(inputs.numpy(), loss_targets.numpy(), labels.numpy()):
+        i = int(np.argmin(np.abs(expected - x).reshape(len(expected), -1).sum(1)))
+        assert np.array_equal(expected[i], x)
+        np.testing.assert_array_equal(t, targets[keep][i])
+        assert label == targets[keep][i].argmax()
+
+
+def test_probability_targets_are_one_hot_draws_with_the_distributions_frequencies() -> None:
+    # Every image has votes (5, 0, 0, 3, ...): distribution {neutral .625, sadness .375}.
+    data = make_data(400)
+    data.votes[:] = VOTES[1]
+    stream = TrainStream(data, "probability", batch_size=128, device="cpu", augment=False)
+    drawn = torch.cat([collect(stream, epoch)[1] for epoch in range(5)])
+    assert ((drawn == 0) | (drawn == 1)).all() and (drawn.sum(1) == 1).all()
+    share = drawn.mean(0)
+    assert set(torch.nonzero(share).flatten().tolist()) == {0, 3}
+    # 2000 draws: standard deviation of the share ~0.011; allow 5.
+    assert abs(float(share[0]) - 0.625) < 0.055
+    labels = collect(stream, 0)[2]
+    assert (labels == 0).all()  # labels follow the distribution's argmax, not the draw
+
+
+def sorted_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows in lexicographic order (the stream shuffles; compare as multisets)."""
+    rows = np.asarray(rows, dtype=np.float64).round(5)
+    return rows[np.lexsort(rows.T[::-1])]
+
+
+def test_multi_target_and_distribution_targets() -> None:
+    data = make_data(12)
+    multi = collect(TrainStream(data, "multi_target", batch_size=64, device="cpu", augment=False), 0)[1]
+    assert torch.unique(multi).tolist() == pytest.approx([0.001, 1.0])
+    targets, keep = process_votes(data.votes, "multi_target")
+    np.testing.assert_allclose(sorted_rows(multi.numpy()), sorted_rows((targets[keep] > 0) * 0.999 + 0.001), atol=1e-6)
+    distribution = collect(TrainStream(data, "crossentropy", batch_size=64, device="cpu"), 0)[1]
+    targets, keep = process_votes(data.votes, "crossentropy")
+    np.testing.assert_allclose(sorted_rows(distribution.numpy()), sorted_rows(targets[keep]), atol=1e-6)
+
+
+def test_stream_is_a_function_of_seed_and_epoch() -> None:
+    data = make_data(40)
+
+    def run(seed: int, epoch: int) -> tuple:
+        return collect(TrainStream(data, "probability", batch_size=8, device="cpu", seed=seed), epoch)
+
+    a, b = run(0, 2), run(0, 2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    # Resuming: a fresh stream reproduces epoch 2 without having run epochs 0 and 1.
+    stream = TrainStream(data, "probability", batch_size=8, device="cpu", seed=0)
+    for epoch in range(3):
+        last = collect(stream, epoch)
+    assert all(torch.equal(x, y) for x, y in zip(last, a))
+    assert not torch.equal(run(0, 3)[0], a[0]) and not torch.equal(run(1, 2)[0], a[0])
+
+
+def test_ranks_get_disjoint_equal_shards_covering_the_epoch() -> None:
+    data = make_data(60)
+    streams = [TrainStream(data, "multi_target", batch_size=5, device="cpu", rank=r, world_size=2) for r in range(2)]
+    num_images = streams[0].num_images
+    assert num_images % 2 == 0  # so the two shards can cover the whole epoch
+    shards = [s.shard(4) for s in streams]
+    assert len(shards[0]) == len(shards[1]) == num_images // 2 and len(streams[0]) == len(streams[1])
+    assert sorted(torch.cat(shards).tolist()) == list(range(num_images))
+    # The permutation is shared by the ranks and changes with the epoch.
+    assert not torch.equal(streams[0].shard(4), streams[0].shard(5))
+    one = TrainStream(data, "multi_target", batch_size=5, device="cpu", world_size=1)
+    assert sorted(one.shard(4).tolist()) == list(range(num_images))
+
+
+def test_odd_epoch_sizes_give_equal_shards() -> None:
+    data = make_data(7 * 6)  # multi_target keeps 5 of every 6 → 35 images
+    streams = [TrainStream(data, "multi_target", batch_size=4, device="cpu", rank=r, world_size=3) for r in range(3)]
+    shards = [s.shard(0) for s in streams]
+    assert [len(s) for s in shards] == [11, 11, 11]
+    assert len(set(torch.cat(shards).tolist())) == 33
+
+
+def test_bad_stream_arguments() -> None:
+    data = make_data(6)
+    with pytest.raises(ValueError, match="rank"):
+        TrainStream(data, "majority", 4, "cpu", rank=2, world_size=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainStream(data, "majority", 0, "cpu")
+    with pytest.raises(ValueError, match="unknown mode"):
+        TrainStream(data, "softmax", 4, "cpu")
+
+
+# ---------------------------------------------------------------- EvalSet
+def test_eval_set_keeps_only_majority_images(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    data = read_folder(tmp_path)
+    evaluation = EvalSet(data, "cpu")
+    # Majority keeps lines 2 (neutral) and 5 (happiness) of VOTES.
+    assert evaluation.names == ["fer0000001.png", "fer0000004.png"]
+    assert evaluation.labels.tolist() == [0, 1] and evaluation.labels.dtype == torch.int64
+    assert evaluation.class_counts.tolist() == [1, 1, 0, 0, 0, 0, 0, 0]
+    assert torch.equal(evaluation.inputs, torch.from_numpy(preprocess(data.images[[1, 4]])))
+    batches = list(evaluation.batches(1))
+    assert len(batches) == 2 and torch.equal(batches[1][0], evaluation.inputs[1:])
+
+
+def test_eval_batches_shard_across_ranks() -> None:
+    evaluation = EvalSet(make_data(60), "cpu")  # majority keeps 2 of 6 → 20 images
+    seen = []
+    for rank in range(3):
+        for inputs, labels in evaluation.batches(4, rank=rank, world_size=3):
+            assert len(inputs) == len(labels) <= 4
+            seen += [int(torch.nonzero((evaluation.inputs == x).all(dim=(1, 2, 3)))[0]) for x in inputs]
+    assert sorted(seen) == list(range(evaluation.num_images))
+
+
+# ---------------------------------------------------------------- summary_table
+def test_summary_table_layout() -> None:
+    counts = {
+        "Train": np.array([8739, 7287, 3149, 3013, 2099, 119, 532, 119]),
+        "Val": np.array([1094, 1000, 400, 300, 250, 10, 100, 45]),
+        "Test": np.array([1102, 900, 400, 300, 250, 60, 100, 41]),
+    }
+    table = summary_table(counts).splitlines()
+    assert table[0] == "emotion      Train    Val   Test"
+    assert table[1] == "neutral       8739   1094   1102"
+    assert table[-1] == "total        25057   3199   3153"
+    assert [line.split()[0] for line in table[1:-1]] == list(EMOTIONS)
+    assert len({len(line) for line in table}) == 1
+    wide = summary_table({"Training images": np.arange(8)}).splitlines()
+    assert wide[0] == "emotion      Training images" and wide[-1].endswith("28")
