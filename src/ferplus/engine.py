@@ -1,0 +1,468 @@
+"""The training loop: the paper's VGG13 recipe on one device or many (``torchrun``).
+
+One call to :func:`train` reads the prepared splits, trains for ``max_epochs`` epochs and
+leaves a run folder behind::
+
+    args.json           the resolved configuration, written when the run starts
+    train.log           the data summary table, one line per epoch, the final result
+    last.pt             the checkpoint after the latest completed epoch (every epoch)
+    best.pt             the checkpoint of the best validation epoch so far
+    results.json        test accuracy at the best validation epoch, per-class figures, timings
+    curves.png          loss and accuracies per epoch
+    confusion_test.png  the test confusion matrix at the best validation epoch
+
+Epochs are numbered from 0, as in the reference trainer's loop: epochs 0–19 run at the base
+learning rate, 20–39 at half of it and 40 onwards at a tenth. Every epoch's randomness
+(shuffle, augmentation, probability draws, dropout) is a pure function of (seed, epoch,
+rank), so a run resumed from ``last.pt`` ends bit-identical (on CPU) to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from . import distributed
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .data import SPLIT_FOLDERS, EvalSet, TrainStream, read_folder, summary_table
+from .errors import FerplusError
+from .labels import MODES
+from .losses import LossFn, loss_for_mode
+from .metrics import confusion_matrix, summarize
+from .models import DEFAULT_MODEL, MODELS, create_model
+from .plots import plot_confusion_matrix, plot_training_curves
+
+#: (first epoch, factor of the base learning rate), epochs counted from 0.
+LR_SCHEDULE = ((20, 0.5), (40, 0.1))
+EVAL_BATCH_SIZE = 256
+#: Folder names of the reference trainer for a model; other models use their registry name.
+RUN_FOLDER_PREFIX = {"vgg13": "VGG13"}
+#: Mixed into the dropout seed so that it never equals a seed the data stream derives.
+DROPOUT_SEED_TAG = 0x6472_6F70
+PERCENT = 100.0
+
+ARGS_FILE = "args.json"
+LOG_FILE = "train.log"
+RESULTS_FILE = "results.json"
+BEST_CHECKPOINT = "best.pt"
+LAST_CHECKPOINT = "last.pt"
+CURVES_FILE = "curves.png"
+CONFUSION_FILE = "confusion_test.png"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; field names match ``train.py``'s flags.
+
+    ``batch_size`` is per process: under ``torchrun`` with N processes an optimiser step
+    sees N × ``batch_size`` images, and ``lr`` is used as given (scale it yourself).
+    """
+
+    base_folder: str
+    training_mode: str = "majority"
+    max_epochs: int = 100
+    batch_size: int = 32
+    lr: float = 0.005
+    momentum: float = 0.9
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    output: Optional[str] = None
+    resume: bool = False
+    model: str = DEFAULT_MODEL
+
+
+def learning_rate(base_lr: float, epoch: int) -> float:
+    """The learning rate of ``epoch`` (counted from 0): the base rate, ×0.5 from 20, ×0.1 from 40."""
+    factor = 1.0
+    for first_epoch, epoch_factor in LR_SCHEDULE:
+        if epoch >= first_epoch:
+            factor = epoch_factor
+    return base_lr * factor
+
+
+def run_folder_name(model: str, mode: str) -> str:
+    """The run folder's name for a model and mode, e.g. ``VGG13_majority`` or ``vgg13_tiny_majority``."""
+    return f"{RUN_FOLDER_PREFIX.get(model, model)}_{mode}"
+
+
+def default_output(base_folder: str, model: str, mode: str) -> Path:
+    """Where a run goes without ``--output``: ``<data>/models/<run folder name>``."""
+    return Path(base_folder) / "models" / run_folder_name(model, mode)
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn ``auto``/``cpu``/``cuda`` into a device; asking for CUDA without a GPU is a :class:`FerplusError`."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FerplusError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
+    if name not in ("cpu", "cuda"):
+        raise FerplusError(f"--device {name}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float) -> torch.optim.SGD:
+    """Plain momentum SGD (``v = m·v + g; w −= lr·v``), as the recipe's unit-gain momentum SGD.
+
+    The reference's per-minibatch rate of 0.05 for minibatches of 32 with unit-gain momentum
+    0.9 is, update for update, this optimiser with lr 0.005 on the minibatch-mean loss.
+    """
+    return torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, dampening=0.0, nesterov=False, weight_decay=0.0
+    )
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of torch's global generator (dropout) for one epoch on one rank."""
+    return int(np.random.SeedSequence((seed, epoch, rank, DROPOUT_SEED_TAG)).generate_state(1)[0])
+
+
+def predict_scores(model: nn.Module, inputs: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+    """Raw scores ``(N, classes)`` float32 of preprocessed ``inputs``, in eval mode and without gradients.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        scores = [model(inputs[start:start + batch_size]).float() for start in range(0, len(inputs), batch_size)]
+    model.train(was_training)
+    if not scores:
+        return inputs.new_zeros((0, 0))
+    return torch.cat(scores)
+
+
+def evaluate(
+    model: nn.Module, eval_set: EvalSet, batch_size: int = EVAL_BATCH_SIZE, rank: int = 0, world_size: int = 1
+) -> np.ndarray:
+    """The (8, 8) int64 confusion matrix of ``model`` on ``eval_set``, summed over all ranks.
+
+    Each rank scores its own shard; predictions reach the host once, at the end.
+    """
+    predictions, labels = [], []
+    for inputs, batch_labels in eval_set.batches(batch_size, rank, world_size):
+        predictions.append(predict_scores(model, inputs, batch_size).argmax(dim=1))
+        labels.append(batch_labels)
+    if labels:
+        confusion = confusion_matrix(torch.cat(labels).cpu().numpy(), torch.cat(predictions).cpu().numpy())
+    else:
+        confusion = confusion_matrix(np.zeros(0), np.zeros(0))
+    if world_size > 1:
+        device = next(model.parameters()).device
+        confusion = distributed.all_reduce_sum(torch.from_numpy(confusion).to(device)).cpu().numpy()
+    return confusion
+
+
+def train_one_epoch(
+    model: nn.Module,
+    stream: TrainStream,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    epoch: int,
+    amp: bool = False,
+    progress: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """One pass over this rank's shard of epoch ``epoch``.
+
+    Returns ``(loss_sum, correct, images)``: the summed per-image loss and the number of
+    correct argmax predictions as device tensors (no host sync inside the loop), and the number
+    of images seen.
+    """
+    model.train()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    images = 0
+    batches = tqdm(stream.epoch(epoch), total=len(stream), desc=f"epoch {epoch}", leave=False, disable=not progress)
+    for inputs, targets, labels in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(inputs)
+        loss = loss_fn(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(inputs)
+        correct += (logits.detach().argmax(dim=1) == labels).sum()
+        images += len(inputs)
+    return loss_sum, correct, images
+
+
+def format_epoch_line(record: Dict[str, Any]) -> str:
+    """One ``train.log`` line for an epoch's history record."""
+    line = (
+        f"epoch {record['epoch']:3d} | {record['seconds']:7.1f}s | lr {record['lr']:.6g} | "
+        f"train loss {record['train_loss']:.6f} | train acc {PERCENT * record['train_accuracy']:6.2f}% | "
+        f"val acc {PERCENT * record['val_accuracy']:6.2f}%"
+    )
+    if record["test_accuracy"] is not None:
+        line += f" | test acc {PERCENT * record['test_accuracy']:6.2f}%"
+    return line
+
+
+def _final_lines(best_val_accuracy: float, best_epoch: int, test_accuracy: float) -> str:
+    return (
+        f"best validation accuracy {PERCENT * best_val_accuracy:.2f}% at epoch {best_epoch}\n"
+        f"test accuracy at the best validation epoch {PERCENT * test_accuracy:.2f}%\n"
+    )
+
+
+def _write_json(path: Path, payload: Dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def _load_split(base_folder: Path, split: str):
+    folder = base_folder / SPLIT_FOLDERS[split]
+    if not folder.is_dir():
+        raise FerplusError(f"{folder}: no such folder (prepare the data with generate_training_data.py first)")
+    return read_folder(folder)
+
+
+def _check_config(config: TrainConfig) -> None:
+    if config.training_mode not in MODES:
+        raise FerplusError(f"unknown training mode {config.training_mode!r}; choose one of {', '.join(MODES)}")
+    if config.model not in MODELS:
+        raise FerplusError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
+    if config.max_epochs < 0 or config.batch_size < 1:
+        raise FerplusError("--max-epochs must be at least 0 and --batch-size at least 1")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise FerplusError(f"--lr {config.lr}: the learning rate must be a positive number")
+    if not Path(config.base_folder).is_dir():
+        raise FerplusError(f"{config.base_folder}: no such data folder")
+
+
+def _describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _versions() -> Dict[str, str]:
+    return {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _resume_state(config: TrainConfig, output: Path) -> Optional[Dict[str, Any]]:
+    """The checkpoint to continue from, or None for a fresh run; refuses to overwrite a run."""
+    last_path = output / LAST_CHECKPOINT
+    if not config.resume:
+        for name in (LAST_CHECKPOINT, RESULTS_FILE):
+            if (output / name).exists():
+                raise FerplusError(
+                    f"{output}: holds an earlier run ({name}); pass --resume to continue it or --output for a new one"
+                )
+        return None
+    if not last_path.is_file():
+        raise FerplusError(f"{last_path}: no checkpoint to resume from (start without --resume)")
+    state = load_checkpoint(last_path)
+    if (state["model"], state["mode"]) != (config.model, config.training_mode):
+        raise FerplusError(
+            f"{last_path}: checkpoint of model {state['model']} in mode {state['mode']}, "
+            f"not model {config.model} in mode {config.training_mode}"
+        )
+    if state["epoch"] > config.max_epochs:
+        raise FerplusError(
+            f"{last_path}: already trained {state['epoch']} epochs, more than --max-epochs {config.max_epochs}"
+        )
+    return state
+
+
+def train(config: TrainConfig) -> Dict[str, Any]:
+    """Train (or resume) one run as ``config`` says and return its results (what ``results.json`` holds).
+
+    With ``max_epochs == 0`` it only reads the data, prints the summary table and returns
+    ``{"counts": ...}``. User errors raise :class:`FerplusError` (exit 2); a non-finite
+    training loss stops the run with exit code 1, leaving the last good ``last.pt``.
+    """
+    started = time.perf_counter()
+    _check_config(config)
+    device = resolve_device(config.device)
+    dist_info = distributed.init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.backends.cuda.matmul.allow_tf32 = True  # the recipe needs no fp32-exact matmuls
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    try:
+        return _train(config, device, dist_info, started)
+    finally:
+        distributed.cleanup()
+
+
+def _train(
+    config: TrainConfig, device: torch.device, dist_info: distributed.DistInfo, started: float
+) -> Dict[str, Any]:
+    rank, world_size, main = dist_info.rank, dist_info.world_size, dist_info.is_main
+    mode = config.training_mode
+    amp = config.amp and device.type == "cuda"
+    if config.amp and not amp and main:
+        print("note: --amp only applies on CUDA; training in float32", file=sys.stderr)
+
+    # The run folder first, so that a wrong --output or --resume fails before the data loads:
+    # an earlier run is never overwritten unless resumed.
+    output = Path(config.output) if config.output else default_output(config.base_folder, config.model, mode)
+    state = _resume_state(config, output) if config.max_epochs > 0 else None
+
+    # Data: the whole split as uint8 on the device; the evaluation sets preprocessed once.
+    base_folder = Path(config.base_folder)
+    train_data, val_data, test_data = (_load_split(base_folder, split) for split in ("train", "valid", "test"))
+    stream = TrainStream(
+        train_data, mode, config.batch_size, device, seed=config.seed, rank=rank, world_size=world_size
+    )
+    val_set, test_set = EvalSet(val_data, device), EvalSet(test_data, device)
+    kept_images = ((train_data, stream.num_images), (val_data, val_set.num_images), (test_data, test_set.num_images))
+    for data, count in kept_images:
+        if count == 0:
+            raise FerplusError(f"{data.folder}: no images left to use in mode {mode}")
+    if len(stream) == 0:
+        raise FerplusError(f"{train_data.folder}: fewer images than the {world_size} processes")
+    counts = {"Train": stream.class_counts, "Val": val_set.class_counts, "Test": test_set.class_counts}
+    table = summary_table(counts)
+    if main:
+        print(table, flush=True)
+    if config.max_epochs == 0:
+        return {"counts": {split: values.tolist() for split, values in counts.items()}}
+
+    distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
+    resolved = {
+        **dataclasses.asdict(config),
+        "output": str(output),
+        "device": str(device),
+        "amp": amp,
+        "world_size": world_size,
+        "global_batch_size": config.batch_size * world_size,
+    }
+    log_path = output / LOG_FILE
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        _write_json(output / ARGS_FILE, resolved)
+
+    # Model and optimiser, fresh or from last.pt.
+    torch.manual_seed(config.seed)
+    raw_model = create_model(config.model).to(device)
+    optimizer = make_optimizer(raw_model, config.lr, config.momentum)
+    history: List[Dict[str, Any]] = []
+    best = {"best_val_accuracy": -1.0, "best_epoch": None, "test_accuracy": None, "test_confusion": None}
+    if state is not None:
+        raw_model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+        history = state["history"]
+        best = {key: state[key] for key in best}
+    start_epoch = len(history)
+    model = raw_model
+    if dist_info.enabled:
+        model = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = loss_for_mode(mode)
+    if main:  # the log restarts from the checkpoint's history, so a resumed log reads as an uninterrupted one
+        header = table + "\n" + "".join(format_epoch_line(record) + "\n" for record in history)
+        atomic_write(log_path, lambda tmp: Path(tmp).write_text(header))
+
+    def checkpoint() -> Dict[str, Any]:
+        return {
+            "model": config.model,
+            "mode": mode,
+            "model_state": raw_model.state_dict(),
+            "epoch": len(history),
+            "config": resolved,
+            "optimizer_state": optimizer.state_dict(),
+            "history": history,
+            **best,
+        }
+
+    progress = main and sys.stderr.isatty()
+    for epoch in range(start_epoch, config.max_epochs):
+        epoch_start = time.perf_counter()
+        lr = learning_rate(config.lr, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(epoch_seed(config.seed, epoch, rank))  # dropout masks
+        loss_sum, correct, images = train_one_epoch(model, stream, optimizer, loss_fn, epoch, amp, progress)
+        totals = torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(float(images))])
+        loss_sum, correct, images = distributed.all_reduce_sum(totals).tolist()  # the epoch's one host sync
+        train_seconds = time.perf_counter() - epoch_start
+        train_loss = loss_sum / images
+        if not math.isfinite(train_loss):
+            kept = f"{output / LAST_CHECKPOINT} keeps epoch {history[-1]['epoch']}" if history else "no checkpoint written"
+            message = (
+                f"epoch {epoch}: the training loss is {train_loss} (not finite); "
+                f"stopped ({kept}); try a lower --lr"
+            )
+            if main:
+                _append(log_path, message + "\n")
+            raise FerplusError(message, exit_code=1)
+
+        val_accuracy = summarize(evaluate(raw_model, val_set, EVAL_BATCH_SIZE, rank, world_size))["accuracy"]
+        test_accuracy = None
+        improved = val_accuracy > best["best_val_accuracy"]
+        if improved:  # test only at new best validation epochs: the result never selects on the test set
+            test_confusion = evaluate(raw_model, test_set, EVAL_BATCH_SIZE, rank, world_size)
+            test_accuracy = summarize(test_confusion)["accuracy"]
+            best = {
+                "best_val_accuracy": val_accuracy,
+                "best_epoch": epoch,
+                "test_accuracy": test_accuracy,
+                "test_confusion": test_confusion.tolist(),
+            }
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_accuracy": correct / images,
+            "val_accuracy": val_accuracy,
+            "test_accuracy": test_accuracy,
+            "lr": lr,
+            "seconds": time.perf_counter() - epoch_start,
+            "train_seconds": train_seconds,
+            "train_images": int(images),
+        }
+        history.append(record)
+        if main:
+            if improved:
+                save_checkpoint(output / BEST_CHECKPOINT, checkpoint())
+            save_checkpoint(output / LAST_CHECKPOINT, checkpoint())
+            line = format_epoch_line(record)
+            _append(log_path, line + "\n")
+            print(line, flush=True)
+
+    results = {
+        "mode": mode,
+        "model": config.model,
+        "seed": config.seed,
+        "epochs": len(history),
+        "best_val_accuracy": best["best_val_accuracy"],
+        "best_epoch": best["best_epoch"],
+        "test_accuracy": best["test_accuracy"],
+        "test_per_class_accuracy": summarize(np.asarray(best["test_confusion"]))["per_class_accuracy"],
+        "test_confusion_matrix": best["test_confusion"],
+        "wall_seconds": sum(record["seconds"] for record in history),
+        "session_wall_seconds": time.perf_counter() - started,
+        "train_images_per_second": sum(r["train_images"] for r in history) / sum(r["train_seconds"] for r in history),
+        "device": _describe_device(device),
+        "world_size": world_size,
+        "versions": _versions(),
+        "config": resolved,
+        "history": history,
+    }
+    if main:
+        _append(log_path, _final_lines(best["best_val_accuracy"], best["best_epoch"], best["test_accuracy"]))
+        _write_json(output / RESULTS_FILE, results)
+        plot_training_curves(history, best["best_epoch"], output / CURVES_FILE)
+        title = f"{run_folder_name(config.model, mode)}: test at best validation epoch {best['best_epoch']}"
+        plot_confusion_matrix(np.asarray(best["test_confusion"]), output / CONFUSION_FILE, title)
+    return results

@@ -1,0 +1,46 @@
+"""Two CPU processes under torchrun (gloo): training completes and rank 0 alone writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ferplus.data import SPLIT_FOLDERS, TrainStream, read_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+PROCESSES = 2
+EPOCHS = 2
+BATCH = 16
+RUN_FILES = {"args.json", "train.log", "results.json", "best.pt", "last.pt", "curves.png", "confusion_test.png"}
+
+
+def test_two_process_gloo_run(synthetic_data, tmp_path):
+    output = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={PROCESSES}",
+        str(ROOT / "train.py"), "-d", str(synthetic_data), "--model", "vgg13_tiny", "--device", "cpu",
+        "-e", str(EPOCHS), "-b", str(BATCH), "--output", str(output),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes share the CPU cores
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # Only rank 0 writes: one run folder, nothing else in the working directory, one line per epoch.
+    assert {p.name for p in tmp_path.iterdir()} == {"run"}
+    assert {p.name for p in output.iterdir()} == RUN_FILES
+    log = (output / "train.log").read_text()
+    assert [line.split(" | ")[0] for line in log.splitlines() if line.startswith("epoch")] == [
+        f"epoch {e:3d}" for e in range(EPOCHS)
+    ]
+    assert done.stdout.count("epoch   0 |") == 1 and done.stdout.count("total") == 1
+
+    results = json.loads((output / "results.json").read_text())
+    assert results["world_size"] == PROCESSES and results["epochs"] == EPOCHS
+    assert results["config"]["global_batch_size"] == PROCESSES * BATCH
+    assert results["config"]["lr"] == 0.005  # not scaled with the number of processes
+    # The ranks' shards together make one epoch of the training set (less at most one leftover image per rank).
+    kept = TrainStream(read_folder(synthetic_data / SPLIT_FOLDERS["train"]), "majority", BATCH, "cpu").num_images
+    assert [r["train_images"] for r in results["history"]] == [kept // PROCESSES * PROCESSES] * EPOCHS

@@ -1,0 +1,65 @@
+"""reproduce.py: every mode × seed trained, the tables written with the right numbers, finished runs skipped."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ferplus.reproduce as reproduce_module
+from ferplus.reproduce import PAPER_RESULTS, reproduce, run_folder
+
+MODES = ("majority", "crossentropy")
+SEEDS = 2
+MODEL = "vgg13_tiny"
+
+
+def test_reproduce_tables_and_skipping(synthetic_data, tmp_path, monkeypatch):
+    root = tmp_path / "reproduce"
+    reproduce(str(synthetic_data), seeds=SEEDS, modes=MODES, max_epochs=1, model=MODEL, device="cpu", output=str(root))
+
+    accuracies = {}
+    for mode in MODES:
+        runs = [json.loads((run_folder(root, MODEL, mode, seed) / "results.json").read_text()) for seed in range(SEEDS)]
+        assert [(r["mode"], r["seed"], r["epochs"]) for r in runs] == [(mode, seed, 1) for seed in range(SEEDS)]
+        accuracies[mode] = 100 * np.array([r["test_accuracy"] for r in runs])
+
+    with open(root / "reproduce.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["mode"] for row in rows] == list(MODES)
+    for row in rows:
+        values = accuracies[row["mode"]]
+        assert int(row["runs"]) == SEEDS
+        assert float(row["mean_test_accuracy"]) == pytest.approx(values.mean(), abs=5e-4)
+        assert float(row["std_test_accuracy"]) == pytest.approx(values.std(ddof=1), abs=5e-4)
+        paper_mean, paper_std, paper_runs = PAPER_RESULTS[row["mode"]]
+        assert (float(row["paper_mean"]), float(row["paper_std"]), int(row["paper_runs"])) == (paper_mean, paper_std, paper_runs)
+    markdown = (root / "reproduce.md").read_text()
+    for mode in MODES:
+        values = accuracies[mode]
+        paper_mean, paper_std, paper_runs = PAPER_RESULTS[mode]
+        assert (
+            f"| {mode} | {SEEDS} | {values.mean():.3f} ± {values.std(ddof=1):.3f} | {paper_mean:.3f} ± {paper_std:.3f} | {paper_runs} |"
+            in markdown
+        )
+
+    # A second call finds every run finished: nothing is trained and the tables come out the same.
+    tables = {name: (root / name).read_bytes() for name in ("reproduce.csv", "reproduce.md")}
+
+    def no_training(config):
+        raise AssertionError(f"retrained {config.output}")
+
+    monkeypatch.setattr(reproduce_module, "train", no_training)
+    reproduce(str(synthetic_data), seeds=SEEDS, modes=MODES, max_epochs=1, model=MODEL, device="cpu", output=str(root))
+    assert {name: (root / name).read_bytes() for name in tables} == tables
+    monkeypatch.undo()
+
+    # Asking for more epochs resumes the runs from last.pt instead of starting over.
+    folder = run_folder(root, MODEL, "majority", 0)
+    first_epoch = json.loads((folder / "results.json").read_text())["history"][0]
+    reproduce(str(synthetic_data), seeds=1, modes=("majority",), max_epochs=2, model=MODEL, device="cpu", output=str(root))
+    history = json.loads((folder / "results.json").read_text())["history"]
+    assert len(history) == 2 and history[0] == first_epoch

@@ -1,0 +1,282 @@
+"""train.py on the synthetic sample: learning in every mode, the run folder, resume, divergence, bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ferplus.checkpoint import load_checkpoint, load_model
+from ferplus.data import SPLIT_FOLDERS, EvalSet, TrainStream, read_folder, summary_table
+from ferplus.errors import run_cli
+from ferplus.labels import EMOTIONS, MODES, NUM_EMOTIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "vgg13_tiny"
+EPOCHS = 3
+STOP_EPOCH = 1  # where the interrupted run stops before --resume
+LEARNING_EPOCHS = 12  # with the recipe's optimiser settings
+LEARNING_MARGIN = 0.2  # accuracy must beat always guessing the commonest class by this much
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RUN_FILES = {"args.json", "train.log", "results.json", "best.pt", "last.pt", "curves.png", "confusion_test.png"}
+# Fields in which an interrupted and an uninterrupted run differ by design: timings, the
+# resume flag and the run folder.
+RUN_SPECIFIC_KEYS = {
+    "seconds", "train_seconds", "wall_seconds", "session_wall_seconds", "train_images_per_second", "resume", "output",
+}
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TRAIN = _load_script("train")
+
+
+def train_cli(*argv: str) -> int:
+    """Run ``train.py`` in-process with ``argv``; returns its exit status."""
+    return run_cli(TRAIN.main, TRAIN.get_args_parser(), [str(a) for a in argv])
+
+
+def tiny_args(data: Path, output: Path, *extra: str) -> list:
+    return ["-d", data, "--model", MODEL, "--device", "cpu", "--output", output, *extra]
+
+
+def majority_rate(data: Path, split: str) -> float:
+    counts = EvalSet(read_folder(data / SPLIT_FOLDERS[split]), "cpu").class_counts
+    return counts.max() / counts.sum()
+
+
+def run_independent(value):
+    """``value`` without the fields in :data:`RUN_SPECIFIC_KEYS` (at any depth)."""
+    if isinstance(value, dict):
+        return {k: run_independent(v) for k, v in value.items() if k not in RUN_SPECIFIC_KEYS}
+    if isinstance(value, list):
+        return [run_independent(v) for v in value]
+    return value
+
+
+def log_without_times(path: Path) -> list:
+    """train.log's lines with the epoch time column blanked."""
+    return [" | ".join(part for i, part in enumerate(line.split(" | ")) if i != 1) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An uninterrupted majority run; one stopped at STOP_EPOCH (copied aside) and then resumed."""
+    root = tmp_path_factory.mktemp("runs")
+    full, resumed, stopped = root / "full", root / "resumed", root / "stopped"
+    assert train_cli(*tiny_args(synthetic_data, full, "-e", EPOCHS)) == 0
+    assert train_cli(*tiny_args(synthetic_data, resumed, "-e", STOP_EPOCH)) == 0
+    shutil.copytree(resumed, stopped)
+    assert train_cli(*tiny_args(synthetic_data, resumed, "-e", EPOCHS, "--resume")) == 0
+    return {"full": full, "resumed": resumed, "stopped": stopped}
+
+
+def folder_state(folder: Path) -> dict:
+    """Every file's bytes, to show that a failed command changed nothing."""
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+# --- learning -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_mode_learns(mode, synthetic_data, tmp_path):
+    assert train_cli(*tiny_args(synthetic_data, tmp_path / mode, "-m", mode, "-e", LEARNING_EPOCHS)) == 0
+    results = json.loads((tmp_path / mode / "results.json").read_text())
+    assert results["mode"] == mode
+    assert results["best_val_accuracy"] > majority_rate(synthetic_data, "valid") + LEARNING_MARGIN
+    assert results["test_accuracy"] > majority_rate(synthetic_data, "test") + LEARNING_MARGIN
+    history = results["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+# --- the run folder -------------------------------------------------------------------------------
+
+
+def test_run_folder_contents(runs, synthetic_data):
+    folder = runs["full"]
+    assert {p.name for p in folder.iterdir()} == RUN_FILES
+
+    results = json.loads((folder / "results.json").read_text())
+    history = results["history"]
+    assert results["epochs"] == EPOCHS and [r["epoch"] for r in history] == list(range(EPOCHS))
+    val = [r["val_accuracy"] for r in history]
+    best = int(np.argmax(val))  # the first epoch of the best validation accuracy
+    assert results["best_epoch"] == best and results["best_val_accuracy"] == val[best]
+    assert results["test_accuracy"] == history[best]["test_accuracy"]
+    # Test accuracy is computed exactly at the epochs that improved validation accuracy.
+    improved = [i for i in range(EPOCHS) if val[i] > max(val[:i], default=-1.0)]
+    assert [i for i, r in enumerate(history) if r["test_accuracy"] is not None] == improved
+    confusion = np.array(results["test_confusion_matrix"])
+    test_set = EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["test"]), "cpu")
+    assert confusion.shape == (8, 8) and confusion.sum() == test_set.num_images
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(results["test_accuracy"])
+    assert list(results["test_per_class_accuracy"]) == list(EMOTIONS)
+    assert set(results["versions"]) == {"torch", "numpy", "python"}
+    assert results["device"] == "cpu" and results["train_images_per_second"] > 0
+    assert [r["lr"] for r in history] == [0.005] * EPOCHS
+    config = results["config"]
+    assert (config["lr"], config["momentum"], config["batch_size"], config["model"]) == (0.005, 0.9, 32, MODEL)
+    assert json.loads((folder / "args.json").read_text()) == config
+
+    log = (folder / "train.log").read_text().splitlines()
+    table = summary_table({
+        "Train": TrainStream(read_folder(synthetic_data / SPLIT_FOLDERS["train"]), "majority", 32, "cpu").class_counts,
+        "Val": EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["valid"]), "cpu").class_counts,
+        "Test": test_set.class_counts,
+    }).splitlines()
+    assert log[: len(table)] == table
+    epoch_lines = log[len(table): len(table) + EPOCHS]
+    assert [line.split(" | ")[0] for line in epoch_lines] == [f"epoch {e:3d}" for e in range(EPOCHS)]
+    assert [("test acc" in line) for line in epoch_lines] == [r["test_accuracy"] is not None for r in history]
+    assert log[len(table) + EPOCHS:] == [
+        f"best validation accuracy {100 * val[best]:.2f}% at epoch {best}",
+        f"test accuracy at the best validation epoch {100 * results['test_accuracy']:.2f}%",
+    ]
+
+    last = load_checkpoint(folder / "last.pt")
+    assert last["epoch"] == EPOCHS and last["history"] == history and "optimizer_state" in last
+    model, best_state = load_model(folder / "best.pt")
+    assert (best_state["model"], best_state["mode"]) == (MODEL, "majority")
+    assert best_state["epoch"] == best + 1 and best_state["test_accuracy"] == results["test_accuracy"]
+    for name in ("curves.png", "confusion_test.png"):
+        assert (folder / name).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_zero_epochs_prints_the_table_and_writes_nothing(synthetic_data, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert train_cli(*tiny_args(synthetic_data, output, "-e", 0, "-m", "crossentropy")) == 0
+    train = read_folder(synthetic_data / SPLIT_FOLDERS["train"])
+    expected = summary_table({
+        "Train": TrainStream(train, "crossentropy", 32, "cpu").class_counts,
+        "Val": EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["valid"]), "cpu").class_counts,
+        "Test": EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["test"]), "cpu").class_counts,
+    })
+    assert capsys.readouterr().out == expected + "\n"
+    assert not output.exists()
+
+
+# --- resume and divergence ------------------------------------------------------------------------
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(runs):
+    full, resumed = load_checkpoint(runs["full"] / "last.pt"), load_checkpoint(runs["resumed"] / "last.pt")
+    assert full["model_state"].keys() == resumed["model_state"].keys()
+    for key, tensor in full["model_state"].items():
+        assert torch.equal(tensor, resumed["model_state"][key]), key
+    for a, b in zip(full["optimizer_state"]["state"].values(), resumed["optimizer_state"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    full_results = json.loads((runs["full"] / "results.json").read_text())
+    resumed_results = json.loads((runs["resumed"] / "results.json").read_text())
+    assert run_independent(resumed_results) == run_independent(full_results)
+    assert log_without_times(runs["resumed"] / "train.log") == log_without_times(runs["full"] / "train.log")
+    # The stopped run really stopped early, so the comparison above covers a resume.
+    assert load_checkpoint(runs["stopped"] / "last.pt")["epoch"] == STOP_EPOCH
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(runs, synthetic_data, tmp_path, capsys):
+    output = tmp_path / "diverging"
+    shutil.copytree(runs["stopped"], output)
+    last_before = (output / "last.pt").read_bytes()
+    status = train_cli(*tiny_args(synthetic_data, output, "-e", EPOCHS, "--resume", "--lr", "1e6"))
+    assert status == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert re.fullmatch(
+        rf"train\.py: error: epoch {STOP_EPOCH}: the training loss is (nan|-?inf) \(not finite\); stopped "
+        rf"\({re.escape(str(output / 'last.pt'))} keeps epoch {STOP_EPOCH - 1}\); try a lower --lr",
+        err[0],
+    ), err[0]
+    assert (output / "last.pt").read_bytes() == last_before
+    assert not list(output.glob(".*.tmp"))  # no half-written checkpoint left behind
+    assert (output / "train.log").read_text().splitlines()[-1] == err[0].removeprefix("train.py: error: ")
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    assert train_cli("-d", tmp_path / "nowhere", "-e", 1) == 2
+    assert _one_line_error(capsys) == f"train.py: error: {tmp_path / 'nowhere'}: no such data folder"
+
+
+def test_missing_split_folder(synthetic_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data / SPLIT_FOLDERS["train"], data / SPLIT_FOLDERS["train"])
+    assert train_cli(*tiny_args(data, tmp_path / "run", "-e", 1)) == 2
+    assert _one_line_error(capsys).startswith(f"train.py: error: {data / SPLIT_FOLDERS['valid']}: no such folder")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_mode(synthetic_data, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli("-d", synthetic_data, "-m", "plurality")
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'plurality'" in capsys.readouterr().err
+
+
+def test_split_emptied_by_the_mode(synthetic_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data, ignore=shutil.ignore_patterns("models"))
+    label_csv = data / SPLIT_FOLDERS["valid"] / "label.csv"
+    # Every validation image voted 'unknown' by all taggers: the majority rule keeps none.
+    lines = [line.rsplit(",", 10)[0] + ",0,0,0,0,0,0,0,0,10,0" for line in label_csv.read_text().splitlines() if line]
+    label_csv.write_text("\n".join(lines) + "\n")
+    assert train_cli(*tiny_args(data, tmp_path / "run", "-e", 1)) == 2
+    assert _one_line_error(capsys) == f"train.py: error: {data / SPLIT_FOLDERS['valid']}: no images left to use in mode majority"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--model", "vgg13_small"), "checkpoint of model vgg13_tiny in mode majority, not model vgg13_small in mode majority"),
+        (("--model", MODEL, "-m", "probability"), "checkpoint of model vgg13_tiny in mode majority, not model vgg13_tiny in mode probability"),
+    ],
+)
+def test_resume_from_another_model_or_mode(runs, synthetic_data, flags, message, capsys):
+    before = folder_state(runs["stopped"])
+    args = ["-d", synthetic_data, "--device", "cpu", "--output", runs["stopped"], "-e", EPOCHS, "--resume", *flags]
+    assert train_cli(*args) == 2
+    assert _one_line_error(capsys) == f"train.py: error: {runs['stopped'] / 'last.pt'}: {message}"
+    assert folder_state(runs["stopped"]) == before
+
+
+def test_resume_without_a_checkpoint(synthetic_data, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert train_cli(*tiny_args(synthetic_data, output, "-e", 1, "--resume")) == 2
+    assert _one_line_error(capsys) == f"train.py: error: {output / 'last.pt'}: no checkpoint to resume from (start without --resume)"
+    assert not output.exists()
+
+
+def test_existing_run_is_not_overwritten(runs, synthetic_data, capsys):
+    before = folder_state(runs["stopped"])
+    assert train_cli(*tiny_args(synthetic_data, runs["stopped"], "-e", 1)) == 2
+    assert _one_line_error(capsys) == (
+        f"train.py: error: {runs['stopped']}: holds an earlier run (last.pt); "
+        "pass --resume to continue it or --output for a new one"
+    )
+    assert folder_state(runs["stopped"]) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_cuda_without_a_gpu(synthetic_data, tmp_path, capsys):
+    assert train_cli("-d", synthetic_data, "--device", "cuda", "--output", tmp_path / "run") == 2
+    assert "no CUDA GPU is available" in _one_line_error(capsys)
