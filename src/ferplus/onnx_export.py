@@ -1,0 +1,184 @@
+"""Export a network to ONNX with the interface of the ONNX Model Zoo's "emotion-ferplus" model.
+
+The exported graph takes ``Input3``: float32 ``(N, 1, 64, 64)`` preprocessed crops (the output
+of :func:`ferplus.transforms.preprocess`: histogram-equalised to [-1, 1], plane removed,
+RMS-normalised), with a dynamic batch size N, and returns ``Plus692_Output_0``: float32
+``(N, 8)`` raw scores in :data:`ferplus.labels.EMOTIONS` order (apply a softmax for
+probabilities). Every export is checked with the ONNX checker and run with onnxruntime
+against PyTorch before it is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Union
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write
+from .errors import FerplusError
+from .labels import NUM_EMOTIONS
+from .models import INPUT_SIZE
+
+PathLike = Union[str, os.PathLike]
+
+#: Tensor names of the Model Zoo's emotion-ferplus model, so an export drops into the same code.
+INPUT_NAME = "Input3"
+OUTPUT_NAME = "Plus692_Output_0"
+BATCH_AXIS_NAME = "N"
+OPSET = 17  # supported by every onnxruntime from 1.12 on and by the legacy exporter of torch 2.1+
+#: onnxruntime's float32 kernels differ from PyTorch's by rounding only; more means a broken graph.
+MAX_ABS_DIFF = 1e-4
+DEFAULT_VERIFY_BATCH = 8
+VERIFY_SEED = 0
+ORT_LOG_FATAL_ONLY = 4
+
+
+class OnnxModel:
+    """An exported model run by onnxruntime on the CPU, callable like a scorer: crops → raw scores."""
+
+    def __init__(self, path: PathLike) -> None:
+        """Open ``path`` in an onnxruntime session; an unreadable or foreign file is a :class:`FerplusError`."""
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FerplusError(f"{self.path}: no such ONNX file")
+        try:
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = ORT_LOG_FATAL_ONLY  # failures surface as exceptions, not log lines
+            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own untyped errors for bad files
+            raise FerplusError(f"{self.path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
+            raise FerplusError(
+                f"{self.path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
+                f"found inputs {inputs} and outputs {outputs}"
+            )
+        #: What the exporter recorded about the network (``model``, ``mode``, ``epoch``), if anything;
+        #: ONNX stores strings, so whole numbers are turned back into ints.
+        self.metadata: Dict[str, Union[str, int]] = {
+            key: int(value) if value.isdigit() else value
+            for key, value in self.session.get_modelmeta().custom_metadata_map.items()
+        }
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        """Raw scores float32 ``(N, 8)`` for preprocessed crops ``(N, 1, 64, 64)``."""
+        batch = np.ascontiguousarray(inputs, dtype=np.float32)
+        (scores,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        return scores
+
+
+def _verify_batch(size: int) -> torch.Tensor:
+    """A fixed batch with the statistics of preprocessed crops (zero mean, unit RMS)."""
+    generator = torch.Generator().manual_seed(VERIFY_SEED)
+    return torch.randn(size, 1, INPUT_SIZE, INPUT_SIZE, generator=generator)
+
+
+def verify_onnx(path: PathLike, model: nn.Module, inputs: torch.Tensor, name: Optional[PathLike] = None) -> float:
+    """Check the file with the ONNX checker and compare onnxruntime to ``model`` on ``inputs``.
+
+    The comparison runs on the whole batch and on its first crop alone, so a batch size baked
+    into the graph is caught too. Returns the largest absolute score difference; raises
+    :class:`FerplusError` if the file is malformed, fails to run, has the wrong output shape or
+    differs by more than :data:`MAX_ABS_DIFF`. Messages name ``name`` (default ``path``): the
+    file the user asked for, when ``path`` is still a temporary one.
+    """
+    path = Path(path)
+    name = name or path
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # the checker's errors are not a public type
+        raise FerplusError(f"{name}: ONNX checker rejected the export: {e}", exit_code=1) from None
+    session = OnnxModel(path)
+    diff = 0.0
+    for batch in (inputs, inputs[:1]):
+        with torch.no_grad():
+            expected = model(batch).float().cpu().numpy()
+        try:
+            got = session(batch.cpu().numpy())
+        except Exception as e:  # onnxruntime's runtime errors have no public base class
+            message = f"{name}: onnxruntime cannot run the export on a batch of {len(batch)}: {e}"
+            raise FerplusError(message, exit_code=1) from None
+        if got.shape != (len(batch), NUM_EMOTIONS):
+            raise FerplusError(
+                f"{name}: ONNX output has shape {got.shape}, expected ({len(batch)}, {NUM_EMOTIONS})", exit_code=1
+            )
+        diff = max(diff, float(np.max(np.abs(got - expected))))
+        if not diff <= MAX_ABS_DIFF:  # written this way so that NaN fails too
+            raise FerplusError(
+                f"{name}: onnxruntime and PyTorch disagree: max abs difference {diff:.3g} > {MAX_ABS_DIFF:g}",
+                exit_code=1,
+            )
+    return diff
+
+
+def export_onnx(
+    model: nn.Module,
+    path: PathLike,
+    verify_batch: int = DEFAULT_VERIFY_BATCH,
+    metadata: Optional[Mapping[str, object]] = None,
+) -> Dict[str, float]:
+    """Export ``model`` to ``path`` with the Model Zoo interface, verified before it is written.
+
+    The graph is exported on the CPU in float32, checked and compared with PyTorch on a batch
+    of ``verify_batch`` crops; only then is ``path`` replaced atomically, so a failed export
+    leaves no file behind. ``metadata`` (e.g. the checkpoint's model name, mode and epoch) is
+    stored as the file's metadata properties, as strings. Returns ``{"max_abs_diff": ...,
+    "verify_batch": ...}``.
+    """
+    if verify_batch < 1:
+        raise ValueError("verify_batch must be at least 1")
+    path = Path(path)
+    # Export a CPU float32 copy in eval mode: dropout must be off, and the caller's model stays as it was.
+    model = _cpu_eval_copy(model)
+    inputs = _verify_batch(verify_batch)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter is deprecated in favour of one that needs onnxscript;
+        # it is the one that works on every supported torch without extra dependencies.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(
+            model,
+            (inputs,),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: BATCH_AXIS_NAME}, OUTPUT_NAME: {0: BATCH_AXIS_NAME}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    data = _with_metadata(buffer.getvalue(), metadata or {})
+    result: Dict[str, float] = {}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        result["max_abs_diff"] = verify_onnx(tmp, model, inputs, name=path)
+
+    atomic_write(path, write)
+    result["verify_batch"] = verify_batch
+    return result
+
+
+def _with_metadata(data: bytes, metadata: Mapping[str, object]) -> bytes:
+    """The serialised model ``data`` with ``metadata`` added as string metadata properties."""
+    if not metadata:
+        return data
+    proto = onnx.load_from_string(data)
+    onnx.helper.set_model_props(proto, {str(k): str(v) for k, v in metadata.items()})
+    return proto.SerializeToString()
+
+
+def _cpu_eval_copy(model: nn.Module) -> nn.Module:
+    """A float32 CPU copy of ``model`` in eval mode (the original is left on its device and mode)."""
+    return copy.deepcopy(model).float().cpu().eval()

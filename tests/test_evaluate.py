@@ -1,0 +1,123 @@
+"""evaluate.py: a checkpoint and its ONNX export score the same; JSON and PNG are written."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ferplus.checkpoint import save_checkpoint
+from ferplus.errors import run_cli
+from ferplus.labels import EMOTIONS, NUM_EMOTIONS, NUM_VOTES, process_votes
+from ferplus.models import create_model
+from ferplus.onnx_export import export_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMAGE_SIDE = 48
+NUM_IMAGES = 60
+DROPPED_EVERY = 6  # every 6th image gets split votes, which the majority rule drops
+
+
+def write_prepared_split(folder: Path, seed: int) -> int:
+    """A prepared split folder (PNGs + label.csv) of random textured faces; returns the kept count."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    lines, votes_all = [], []
+    for i in range(NUM_IMAGES):
+        # Smooth random blobs, so preprocessing (histogram equalisation) sees varied images.
+        small = rng.integers(0, 256, (6, 6), dtype=np.uint8)
+        image = cv2.resize(small, (IMAGE_SIDE, IMAGE_SIDE), interpolation=cv2.INTER_CUBIC)
+        name = f"img{i:03d}.png"
+        cv2.imwrite(str(folder / name), image)
+        votes = [0] * NUM_VOTES
+        if i % DROPPED_EVERY == 0:
+            votes[0], votes[1], votes[2] = 4, 4, 2
+        else:
+            votes[i % NUM_EMOTIONS] = 8
+            votes[(i + 1) % NUM_EMOTIONS] = 2
+        votes_all.append(votes)
+        lines.append(f'{name},"(0, 0, {IMAGE_SIDE}, {IMAGE_SIDE})",' + ",".join(map(str, votes)))
+    (folder / "label.csv").write_text("\n".join(lines) + "\n")
+    _, keep = process_votes(np.array(votes_all), "majority")
+    return int(keep.sum())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, int]:
+    base = tmp_path_factory.mktemp("prepared")
+    kept = write_prepared_split(base / "FER2013Test", seed=1)
+    write_prepared_split(base / "FER2013Valid", seed=2)
+    return base, kept
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory) -> Path:
+    """A run folder with an untrained vgg13_tiny checkpoint and its ONNX export."""
+    folder = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    model = create_model("vgg13_tiny").eval()
+    state = {"model": "vgg13_tiny", "mode": "majority", "model_state": model.state_dict(), "epoch": 0}
+    save_checkpoint(folder / "best.pt", state)
+    export_onnx(model, folder / "model.onnx", metadata={"model": "vgg13_tiny", "mode": "majority", "epoch": 0})
+    return folder
+
+
+def evaluate(argv: list[str]) -> int:
+    script = runpy.run_path(str(ROOT / "evaluate.py"), run_name="evaluate")
+    return run_cli(script["main"], script["get_args_parser"](), argv)
+
+
+def test_checkpoint_and_onnx_agree(data, run_folder, tmp_path, capsys):
+    base, kept = data
+    assert evaluate([str(run_folder / "best.pt"), "-d", str(base), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    onnx_out = tmp_path / "onnx"
+    assert evaluate([str(run_folder / "model.onnx"), "-d", str(base), "--output", str(onnx_out), "-b", "7"]) == 0
+
+    # Default output: the checkpoint's folder.
+    from_checkpoint = json.loads((run_folder / "eval_test.json").read_text())
+    from_onnx = json.loads((onnx_out / "eval_test.json").read_text())
+    assert from_checkpoint["format"] == "checkpoint" and from_onnx["format"] == "onnx"
+    assert from_checkpoint["model"] == from_onnx["model"] == "vgg13_tiny"
+    assert from_checkpoint["confusion_matrix"] == from_onnx["confusion_matrix"]
+    assert from_checkpoint["accuracy"] == from_onnx["accuracy"]
+    for result in (from_checkpoint, from_onnx):
+        confusion = np.array(result["confusion_matrix"])
+        assert confusion.shape == (NUM_EMOTIONS, NUM_EMOTIONS)
+        assert result["num_images"] == confusion.sum() == kept < NUM_IMAGES
+        assert result["accuracy"] == pytest.approx(np.trace(confusion) / kept)
+        assert set(result["per_class_accuracy"]) == set(EMOTIONS)
+    for png in (run_folder / "confusion_test.png", onnx_out / "confusion_test.png"):
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+    assert f"accuracy: {100 * from_checkpoint['accuracy']:.2f}%" in printed
+    assert "true \\ pred" in printed  # the confusion table
+
+
+def test_split_choice(data, run_folder, tmp_path):
+    base, _ = data
+    assert evaluate([str(run_folder / "best.pt"), "-d", str(base), "--split", "valid", "--output", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "eval_valid.json").read_text())["split"] == "valid"
+    assert (tmp_path / "confusion_valid.png").is_file()
+
+
+def test_missing_split_is_a_clear_error(data, run_folder, tmp_path, capsys):
+    base, _ = data
+    status = evaluate([str(run_folder / "best.pt"), "-d", str(base), "--split", "train", "--output", str(tmp_path)])
+    assert status == 2
+    assert "FER2013Train: no such folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_onnx_is_a_clear_error(data, tmp_path, capsys):
+    base, _ = data
+    bogus = tmp_path / "model.onnx"
+    bogus.write_bytes(b"not a model")
+    assert evaluate([str(bogus), "-d", str(base)]) == 2
+    assert "model.onnx: not a readable ONNX model" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]

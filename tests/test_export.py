@@ -1,0 +1,129 @@
+"""ONNX export: the Model Zoo interface, a dynamic batch, outputs equal to PyTorch's, loud failures."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from ferplus.checkpoint import save_checkpoint
+from ferplus.errors import FerplusError, run_cli
+from ferplus.labels import NUM_EMOTIONS
+from ferplus.models import INPUT_SIZE, create_model
+from ferplus.onnx_export import INPUT_NAME, OUTPUT_NAME, OnnxModel, export_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("vgg13_tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(tiny_model, path, metadata={"model": "vgg13_tiny", "mode": "majority", "epoch": 3})
+    return path
+
+
+def test_interface_names_and_shapes(exported):
+    graph = onnx.load(str(exported)).graph
+    assert [i.name for i in graph.input] == [INPUT_NAME] == ["Input3"]
+    assert [o.name for o in graph.output] == [OUTPUT_NAME] == ["Plus692_Output_0"]
+    (model_input,) = graph.input
+    (model_output,) = graph.output
+    assert model_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    in_dims = model_input.type.tensor_type.shape.dim
+    out_dims = model_output.type.tensor_type.shape.dim
+    # A symbolic first axis (dynamic N), fixed crop shape and eight scores.
+    assert in_dims[0].dim_param and not in_dims[0].HasField("dim_value")
+    assert [d.dim_value for d in in_dims[1:]] == [1, INPUT_SIZE, INPUT_SIZE]
+    assert out_dims[0].dim_param and out_dims[1].dim_value == NUM_EMOTIONS
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_round_trip_matches_pytorch(tiny_model, exported, batch):
+    inputs = torch.randn(batch, 1, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        expected = tiny_model(inputs).numpy()
+    got = OnnxModel(exported)(inputs.numpy())
+    assert got.shape == (batch, NUM_EMOTIONS)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
+    # Scores far above the tolerance, or the comparison above would prove little.
+    assert np.abs(expected).max() > 100 * TOLERANCE
+
+
+def test_metadata_round_trip(exported):
+    assert OnnxModel(exported).metadata == {"model": "vgg13_tiny", "mode": "majority", "epoch": 3}
+
+
+def test_export_leaves_training_model_untouched(tmp_path):
+    model = create_model("vgg13_tiny").train()
+    export_onnx(model, tmp_path / "m.onnx")
+    assert model.training
+
+
+class RandomScores(nn.Module):
+    """Adds fresh noise to its scores: onnxruntime draws other numbers than PyTorch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(INPUT_SIZE * INPUT_SIZE, NUM_EMOTIONS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1)) + torch.rand(x.shape[0], NUM_EMOTIONS)
+
+
+class BakedBatch(nn.Module):
+    """Reshapes with a Python int: the trace freezes the batch size, so other batch sizes fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(INPUT_SIZE * INPUT_SIZE, NUM_EMOTIONS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.reshape(int(x.shape[0]), -1))
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # BakedBatch's int() is the point
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (RandomScores(), "onnxruntime and PyTorch disagree"),
+        (BakedBatch(), "onnxruntime cannot run the export on a batch of 1"),
+    ],
+)
+def test_failed_verification_raises_and_writes_nothing(tmp_path, model, message):
+    path = tmp_path / "bad.onnx"
+    with pytest.raises(FerplusError, match=message) as info:
+        export_onnx(model, path)
+    assert str(path) in str(info.value)  # names the file asked for, not the temporary one
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_script(tmp_path, tiny_model, capsys):
+    checkpoint = tmp_path / "best.pt"
+    state = {"model": "vgg13_tiny", "mode": "probability", "model_state": tiny_model.state_dict(), "epoch": 2}
+    save_checkpoint(checkpoint, state)
+    script = runpy.run_path(str(ROOT / "export_onnx.py"), run_name="export_onnx")
+    out = tmp_path / "out" / "model.onnx"
+    assert run_cli(script["main"], script["get_args_parser"](), [str(checkpoint), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "max abs difference to PyTorch" in printed
+    assert OnnxModel(out).metadata == {"model": "vgg13_tiny", "mode": "probability", "epoch": 2}
+
+
+def test_export_script_missing_checkpoint(tmp_path, capsys):
+    script = runpy.run_path(str(ROOT / "export_onnx.py"), run_name="export_onnx")
+    status = run_cli(script["main"], script["get_args_parser"](), [str(tmp_path / "nope.pt"), str(tmp_path / "m.onnx")])
+    assert status == 2
+    assert "nope.pt: no such checkpoint file" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,190 @@
+"""predict.py: faces found in photos, --no-detect equal to the evaluation path, failures reported and skipped."""
+
+from __future__ import annotations
+
+import csv
+import json
+import lzma
+import runpy
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ferplus.checkpoint import load_model, save_checkpoint
+from ferplus.data import EvalSet, read_folder
+from ferplus.engine import predict_scores
+from ferplus.errors import run_cli
+from ferplus.faces import crop_faces, detect_faces
+from ferplus.inference import softmax
+from ferplus.labels import EMOTIONS
+from ferplus.models import create_model
+from ferplus.onnx_export import export_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+#: FER2013 test-split faces that are frontal and clear (found by the cascade at several scales).
+CLEAR_FACES = ("fer0032227.png", "fer0032232.png", "fer0032258.png")
+FER_SIDE = 48
+UPSCALE = 4  # 48 → 192 pixels: photo-sized faces
+MIN_IOU = 0.7
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """An untrained vgg13_tiny as a checkpoint and as its ONNX export."""
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    model = create_model("vgg13_tiny").eval()
+    state = {"model": "vgg13_tiny", "mode": "majority", "model_state": model.state_dict(), "epoch": 0}
+    save_checkpoint(folder / "best.pt", state)
+    export_onnx(model, folder / "model.onnx")
+    return {"checkpoint": folder / "best.pt", "onnx": folder / "model.onnx"}
+
+
+@pytest.fixture(scope="module")
+def fer_faces(shared_ferplus) -> tuple[np.ndarray, list[list[str]]]:
+    """The CLEAR_FACES pixels uint8 (3, 48, 48) and their fer2013new.csv rows."""
+    with open(shared_ferplus / "fer2013new.csv", newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    index = {row[1]: i for i, row in enumerate(rows)}
+    picked = [index[name] for name in CLEAR_FACES]
+    pixels = np.load(lzma.open(shared_ferplus / "fer2013_pixels.npy.xz"))
+    return pixels[picked], [rows[i] for i in picked]
+
+
+@pytest.fixture(scope="module")
+def photo() -> Path:
+    """A portrait that is not from FER2013 (public domain, shipped with matplotlib)."""
+    import matplotlib.cbook
+
+    path = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    if not path.is_file():
+        pytest.skip("matplotlib's sample portrait is not installed")
+    return path
+
+
+def predict(argv: list[str]) -> int:
+    script = runpy.run_path(str(ROOT / "predict.py"), run_name="predict")
+    return run_cli(script["main"], script["get_args_parser"](), argv)
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (left, top, right, bottom) boxes."""
+    width = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    area = lambda box: (box[2] - box[0]) * (box[3] - box[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def test_detector_finds_upscaled_fer_faces(fer_faces, models, tmp_path, capsys):
+    faces, _ = fer_faces
+    side = FER_SIDE * UPSCALE
+    gap = side // 2
+    canvas = np.full((side + 2 * gap, len(faces) * (side + gap) + gap), 128, dtype=np.uint8)
+    placed = []
+    for k, face in enumerate(faces):
+        left = gap + k * (side + gap)
+        canvas[gap:gap + side, left:left + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+        placed.append((left, gap, left + side, gap + side))
+
+    boxes = detect_faces(canvas)
+    assert len(boxes) == len(faces)
+    for box, truth in zip(boxes, placed):
+        assert iou(box, truth) > MIN_IOU
+
+    path = tmp_path / "three_faces.png"
+    cv2.imwrite(str(path), canvas)
+    assert predict(["--model", str(models["onnx"]), "--json", str(path)]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["images"]
+    assert result["error"] is None
+    assert [[f["box"][k] for k in ("left", "top", "right", "bottom")] for f in result["faces"]] == boxes.tolist()
+    for face in result["faces"]:
+        assert sum(face["probabilities"].values()) == pytest.approx(1.0)
+        assert face["emotion"] == max(face["probabilities"], key=face["probabilities"].get)
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "onnx"])
+def test_no_detect_matches_evaluation_path(fer_faces, models, tmp_path, capsys, kind):
+    faces, rows = fer_faces
+    folder = tmp_path / "FER2013Test"
+    folder.mkdir()
+    # A prepared folder of the same images, read by the evaluation path (label.csv box = whole image).
+    with open(folder / "label.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        for face, row in zip(faces, rows):
+            cv2.imwrite(str(folder / row[1]), face)
+            writer.writerow([row[1], f"(0, 0, {FER_SIDE}, {FER_SIDE})", *row[2:]])
+    eval_set = EvalSet(read_folder(folder), "cpu")
+    assert eval_set.names == list(CLEAR_FACES)  # all kept by the majority rule, in file-name order
+    model, _ = load_model(models["checkpoint"], "cpu")
+    expected = softmax(predict_scores(model, eval_set.inputs).numpy())
+
+    assert predict(["--model", str(models[kind]), "--no-detect", "--json", str(folder)]) == 0
+    images = json.loads(capsys.readouterr().out)["images"]
+    assert [Path(r["path"]).name for r in images] == list(CLEAR_FACES)
+    got = np.array([[r["faces"][0]["probabilities"][e] for e in EMOTIONS] for r in images])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
+    assert all(r["faces"][0]["box"] == {"left": 0, "top": 0, "right": FER_SIDE, "bottom": FER_SIDE} for r in images)
+
+
+def test_failures_are_reported_and_the_run_goes_on(photo, models, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    shutil.copy(photo, inputs / "sub" / "portrait.jpg")
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    cv2.imwrite(str(inputs / "wall.png"), np.full((200, 300), 90, dtype=np.uint8))
+    (inputs / "notes.txt").write_text("not an image, and not picked up from a folder")
+    missing = tmp_path / "missing.png"
+    annotated = tmp_path / "annotated"
+
+    status = predict(["--model", str(models["checkpoint"]), str(inputs), str(missing), "--annotate", str(annotated)])
+    captured = capsys.readouterr()
+    assert status == 1  # some images failed, the others were still reported
+    assert f"{inputs / 'broken.jpg'}: not a readable image" in captured.err
+    assert f"{inputs / 'wall.png'}: no face found" in captured.err
+    assert f"{missing}: no such file or folder" in captured.err
+    assert "3 of 4 images gave no prediction" in captured.err
+    assert "notes.txt" not in captured.out + captured.err
+    assert f"{inputs / 'sub' / 'portrait.jpg'}: 1 face" in captured.out
+    assert captured.out.count("face 1 at (left") == 1
+
+    # Only the image with a face is annotated, under the folder argument's own name.
+    (written,) = [p for p in annotated.rglob("*") if p.is_file()]
+    assert written == annotated / "in" / "sub" / "portrait.jpg"
+    drawn, original = cv2.imread(str(written)), cv2.imread(str(photo))
+    assert drawn.shape == original.shape
+    assert np.abs(drawn.astype(int) - original.astype(int)).max() > 100  # boxes and labels were drawn
+
+
+def test_json_output_for_a_photo(photo, models, capsys):
+    assert predict(["--model", str(models["onnx"]), "--json", str(photo)]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["model"]["format"] == "onnx"
+    (image,) = document["images"]
+    (face,) = image["faces"]
+    height, width = cv2.imread(str(photo)).shape[:2]
+    box = face["box"]
+    assert 0 <= box["left"] < box["right"] <= width and 0 <= box["top"] < box["bottom"] <= height
+    assert list(face["probabilities"]) == list(EMOTIONS)
+
+
+def test_empty_folder_and_bad_model(models, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert predict(["--model", str(models["onnx"]), str(tmp_path / "empty")]) == 1
+    assert "empty: no images in this folder" in capsys.readouterr().err
+    assert predict(["--model", str(tmp_path / "nope.pt"), str(tmp_path / "empty")]) == 2
+    assert "nope.pt: no such checkpoint file" in capsys.readouterr().err
+
+
+def test_crops_are_mirrored_past_the_border():
+    # Column c holds the value c, so a mirror about the left edge reads columns 23..0 then 0..23.
+    gray = np.tile(np.arange(FER_SIDE, dtype=np.uint8), (FER_SIDE, 1))
+    half = FER_SIDE // 2
+    (crop,) = crop_faces(gray, np.array([[-half, 0, half, FER_SIDE]]), margin=0.0)
+    assert crop.shape == (FER_SIDE, FER_SIDE)
+    np.testing.assert_array_equal(crop[0], np.r_[np.arange(half)[::-1], np.arange(half)])
