@@ -18,6 +18,16 @@ FORMAT = "ferplus-checkpoint-1"
 PathLike = Union[str, os.PathLike]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: What ``open(path, "w")`` would give a new file under the process's umask.
+_DEFAULT_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: PathLike, write) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
 
@@ -29,6 +39,7 @@ def atomic_write(path: PathLike, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _DEFAULT_FILE_MODE)  # mkstemp makes files private; give them the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
