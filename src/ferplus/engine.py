@@ -460,7 +460,9 @@ def _train(
         "history": history,
     }
     if main:
-        _append(log_path, _final_lines(best["best_val_accuracy"], best["best_epoch"], best["test_accuracy"]))
+        final_lines = _final_lines(best["best_val_accuracy"], best["best_epoch"], best["test_accuracy"])
+        _append(log_path, final_lines)
+        print(final_lines + f"run folder: {output}", flush=True)
         _write_json(output / RESULTS_FILE, results)
         plot_training_curves(history, best["best_epoch"], output / CURVES_FILE)
         title = f"{run_folder_name(config.model, mode)}: test at best validation epoch {best['best_epoch']}"
