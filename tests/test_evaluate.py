@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import runpy
 from pathlib import Path
 
 import cv2
@@ -12,12 +11,11 @@ import pytest
 import torch
 
 from ferplus.checkpoint import save_checkpoint
-from ferplus.errors import run_cli
 from ferplus.labels import EMOTIONS, NUM_EMOTIONS, NUM_VOTES, process_votes
 from ferplus.models import create_model
 from ferplus.onnx_export import export_onnx
+from scripts import run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_SIDE = 48
 NUM_IMAGES = 60
@@ -69,8 +67,7 @@ def run_folder(tmp_path_factory) -> Path:
 
 
 def evaluate(argv: list[str]) -> int:
-    script = runpy.run_path(str(ROOT / "evaluate.py"), run_name="evaluate")
-    return run_cli(script["main"], script["get_args_parser"](), argv)
+    return run_script("evaluate", *argv)
 
 
 def test_checkpoint_and_onnx_agree(data, run_folder, tmp_path, capsys):

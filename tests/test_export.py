@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +11,12 @@ import torch
 from torch import nn
 
 from ferplus.checkpoint import save_checkpoint
-from ferplus.errors import FerplusError, run_cli
+from ferplus.errors import FerplusError
 from ferplus.labels import NUM_EMOTIONS
 from ferplus.models import INPUT_SIZE, create_model
 from ferplus.onnx_export import INPUT_NAME, OUTPUT_NAME, OnnxModel, export_onnx
+from scripts import run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
 
 
@@ -113,17 +112,15 @@ def test_export_script(tmp_path, tiny_model, capsys):
     checkpoint = tmp_path / "best.pt"
     state = {"model": "vgg13_tiny", "mode": "probability", "model_state": tiny_model.state_dict(), "epoch": 2}
     save_checkpoint(checkpoint, state)
-    script = runpy.run_path(str(ROOT / "export_onnx.py"), run_name="export_onnx")
     out = tmp_path / "out" / "model.onnx"
-    assert run_cli(script["main"], script["get_args_parser"](), [str(checkpoint), str(out)]) == 0
+    assert run_script("export_onnx", checkpoint, out) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "max abs difference to PyTorch" in printed
     assert OnnxModel(out).metadata == {"model": "vgg13_tiny", "mode": "probability", "epoch": 2}
 
 
 def test_export_script_missing_checkpoint(tmp_path, capsys):
-    script = runpy.run_path(str(ROOT / "export_onnx.py"), run_name="export_onnx")
-    status = run_cli(script["main"], script["get_args_parser"](), [str(tmp_path / "nope.pt"), str(tmp_path / "m.onnx")])
+    status = run_script("export_onnx", tmp_path / "nope.pt", tmp_path / "m.onnx")
     assert status == 2
     assert "nope.pt: no such checkpoint file" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import lzma
-import runpy
 import shutil
 from pathlib import Path
 
@@ -17,14 +16,13 @@ import torch
 from ferplus.checkpoint import load_model, save_checkpoint
 from ferplus.data import EvalSet, read_folder
 from ferplus.engine import predict_scores
-from ferplus.errors import run_cli
 from ferplus.faces import crop_faces, detect_faces
 from ferplus.inference import softmax
 from ferplus.labels import EMOTIONS
 from ferplus.models import create_model
 from ferplus.onnx_export import export_onnx
+from scripts import run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 #: FER2013 test-split faces that are frontal and clear (found by the cascade at several scales).
 CLEAR_FACES = ("fer0032227.png", "fer0032232.png", "fer0032258.png")
 FER_SIDE = 48
@@ -68,8 +66,7 @@ def photo() -> Path:
 
 
 def predict(argv: list[str]) -> int:
-    script = runpy.run_path(str(ROOT / "predict.py"), run_name="predict")
-    return run_cli(script["main"], script["get_args_parser"](), argv)
+    return run_script("predict", *argv)
 
 
 def iou(a, b) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import subprocess
 import sys
@@ -15,24 +14,14 @@ import pytest
 from PIL import Image
 
 from ferplus import prepare
-from ferplus.errors import run_cli
 from ferplus.prepare import encode_png, generate_training_data
+from scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "generate_training_data.py"
 FOLDERS = ("FER2013Train", "FER2013Valid", "FER2013Test")
 FER_HEADER = "emotion,pixels,Usage"
 FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("generate_training_data_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = _load_script()
 
 
 class Pair:
@@ -163,7 +152,7 @@ def test_process_pool_reports_the_right_line(tmp_path: Path) -> None:
     pair = Pair(tmp_path / "csv", make_rows(per_split=20))
     pair.fer_lines[55] = pair.fer_lines[55].replace(" ", " 300 ", 1)  # a late chunk, 2305 values
     pair.write()
-    with pytest.raises(prepare.FerplusError, match=rf"fer2013\.csv: line 56: pixel value 300 is outside 0\.\.255"):
+    with pytest.raises(prepare.FerplusError, match=r"fer2013\.csv: line 56: pixel value 300 is outside 0\.\.255"):
         generate_training_data(tmp_path / "data", pair.fer, pair.ferplus, progress=False, workers=2)
     assert not (tmp_path / "data").exists()
 
@@ -325,7 +314,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case: str, tmp_path:
     capsys.readouterr()
     for base in (tmp_path / "fresh", existing):
         argv = ["-d", str(base), "-fer", str(bad.fer), "-ferplus", str(bad.ferplus), "--quiet"]
-        assert run_cli(script.main, script.get_args_parser(), argv) == 2
+        assert run_script("generate_training_data", *argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err, err
         path = bad.fer if named == "fer" else bad.ferplus
@@ -353,7 +342,7 @@ def test_script_exit_status_and_message_in_a_real_process(tmp_path: Path) -> Non
 
 def test_ferplus_without_fer_is_refused(tmp_path: Path, capsys) -> None:
     argv = ["-d", str(tmp_path / "data"), "-ferplus", str(tmp_path / "x.csv")]
-    assert run_cli(script.main, script.get_args_parser(), argv) == 2
+    assert run_script("generate_training_data", *argv) == 2
     assert "-ferplus needs -fer" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -14,10 +13,9 @@ import torch
 
 from ferplus.checkpoint import load_checkpoint, load_model
 from ferplus.data import SPLIT_FOLDERS, EvalSet, TrainStream, read_folder, summary_table
-from ferplus.errors import run_cli
-from ferplus.labels import EMOTIONS, MODES, NUM_EMOTIONS
+from ferplus.labels import EMOTIONS, MODES
+from scripts import run_script
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "vgg13_tiny"
 EPOCHS = 3
 STOP_EPOCH = 1  # where the interrupted run stops before --resume
@@ -32,19 +30,9 @@ RUN_SPECIFIC_KEYS = {
 }
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TRAIN = _load_script("train")
-
-
 def train_cli(*argv: str) -> int:
     """Run ``train.py`` in-process with ``argv``; returns its exit status."""
-    return run_cli(TRAIN.main, TRAIN.get_args_parser(), [str(a) for a in argv])
+    return run_script("train", *argv)
 
 
 def tiny_args(data: Path, output: Path, *extra: str) -> list:
