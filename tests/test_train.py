@@ -205,6 +205,12 @@ def test_missing_data_folder(tmp_path, capsys):
     assert _one_line_error(capsys) == f"train.py: error: {tmp_path / 'nowhere'}: no such data folder"
 
 
+def test_negative_seed(synthetic_data, tmp_path, capsys):
+    assert train_cli(*tiny_args(synthetic_data, tmp_path / "run", "-e", 1, "--seed", -1)) == 2
+    assert _one_line_error(capsys) == "train.py: error: --seed -1: the seed must be a non-negative integer"
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_split_folder(synthetic_data, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(synthetic_data / SPLIT_FOLDERS["train"], data / SPLIT_FOLDERS["train"])

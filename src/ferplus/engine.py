@@ -243,6 +243,8 @@ def _check_config(config: TrainConfig) -> None:
         raise FerplusError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
     if config.max_epochs < 0 or config.batch_size < 1:
         raise FerplusError("--max-epochs must be at least 0 and --batch-size at least 1")
+    if config.seed < 0:
+        raise FerplusError(f"--seed {config.seed}: the seed must be a non-negative integer")
     if not (config.lr > 0 and math.isfinite(config.lr)):
         raise FerplusError(f"--lr {config.lr}: the learning rate must be a positive number")
     if not Path(config.base_folder).is_dir():
