@@ -27,7 +27,9 @@ SYNTHETIC_FOLDER = "synthetic"
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Flags of generate_training_data.py (the names the reference FER+ tools use)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="generate_training_data.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-d", "--base_folder", type=Path, default=Path("data"),
                         help="folder that receives FER2013Train/ FER2013Valid/ FER2013Test/ (default: data)")
     parser.add_argument("-fer", "--fer_path", type=Path,

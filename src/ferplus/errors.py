@@ -29,8 +29,9 @@ def run_cli(
 ) -> int:
     """Parse ``argv`` with ``parser``, call ``main(args)`` and return the process exit status.
 
-    A :class:`FerplusError` becomes ``error: <message>`` on stderr and its exit code;
-    Ctrl-C exits with 130 without a traceback.
+    A :class:`FerplusError` becomes ``error: <message>`` on stderr and its exit code; an
+    ``OSError`` from the file system (a path that cannot be written, say) is reported the same
+    way with exit status 2; Ctrl-C exits with 130 without a traceback.
     """
     args = parser.parse_args(argv)
     try:
@@ -46,4 +47,10 @@ def run_cli(
         # Point stdout at /dev/null so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        # The file system refused (a file where a folder should be, no permission, disk full):
+        # a problem with the paths given, reported like any other bad input.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{parser.prog}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
