@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
@@ -45,6 +47,18 @@ def atomic_write(path: PathLike, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# An innermost list of numbers, as json.dumps(indent=2) spreads it over lines.
+_NUMBER_LIST = re.compile(r"\[\s+(-?[\d.eE+-]+(?:,\s+-?[\d.eE+-]+)*)\s+\]")
+
+
+def write_json(path: PathLike, payload: Dict[str, Any]) -> None:
+    """Write ``payload`` as indented JSON, atomically; lists of numbers (confusion-matrix rows,
+    say) stay on one line each so that the file reads as a table."""
+    text = json.dumps(payload, indent=2)
+    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 def save_checkpoint(path: PathLike, state: Dict[str, Any]) -> None:

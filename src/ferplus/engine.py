@@ -20,7 +20,6 @@ rank), so a run resumed from ``last.pt`` ends bit-identical (on CPU) to an unint
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import platform
 import sys
@@ -36,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
 from .data import SPLIT_FOLDERS, EvalSet, TrainStream, read_folder, summary_table
 from .errors import FerplusError
 from .labels import MODES
@@ -220,10 +219,6 @@ def _final_lines(best_val_accuracy: float, best_epoch: int, test_accuracy: float
     )
 
 
-def _write_json(path: Path, payload: Dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2) + "\n"))
-
-
 def _append(path: Path, text: str) -> None:
     with open(path, "a") as f:
         f.write(text)
@@ -354,7 +349,7 @@ def _train(
     log_path = output / LOG_FILE
     if main:
         output.mkdir(parents=True, exist_ok=True)
-        _write_json(output / ARGS_FILE, resolved)
+        write_json(output / ARGS_FILE, resolved)
 
     # Model and optimiser, fresh or from last.pt.
     torch.manual_seed(config.seed)
@@ -465,7 +460,7 @@ def _train(
         final_lines = _final_lines(best["best_val_accuracy"], best["best_epoch"], best["test_accuracy"])
         _append(log_path, final_lines)
         print(final_lines + f"run folder: {output}", flush=True)
-        _write_json(output / RESULTS_FILE, results)
+        write_json(output / RESULTS_FILE, results)
         plot_training_curves(history, best["best_epoch"], output / CURVES_FILE)
         title = f"{run_folder_name(config.model, mode)}: test at best validation epoch {best['best_epoch']}"
         plot_confusion_matrix(np.asarray(best["test_confusion"]), output / CONFUSION_FILE, title)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 
 from . import engine
-from .checkpoint import atomic_write, load_model
+from .checkpoint import load_model, write_json
 from .data import SPLIT_FOLDERS, EvalSet, read_folder
 from .errors import FerplusError
 from .inference import INFO_KEYS, is_onnx
@@ -88,7 +87,7 @@ def evaluate_model_file(
         **summary,
     }
     paths = result_paths(output, split)
-    atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+    write_json(paths["json"], result)
     plot_confusion_matrix(confusion, paths["png"], title=_title(result))
     result["written"] = {kind: str(path) for kind, path in paths.items()}
     return result
