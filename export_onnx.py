@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 import argparse  # noqa: E402
 
 from ferplus.checkpoint import load_model  # noqa: E402
-from ferplus.errors import run_cli  # noqa: E402
+from ferplus.errors import FerplusError, run_cli  # noqa: E402
 from ferplus.inference import INFO_KEYS  # noqa: E402
 from ferplus.onnx_export import (  # noqa: E402
     DEFAULT_VERIFY_BATCH,
@@ -41,6 +41,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     """Export, verify and report."""
+    if args.verify_batch < 1:
+        raise FerplusError(f"--verify-batch {args.verify_batch}: compare at least one crop")
     model, state = load_model(args.checkpoint, "cpu")
     metadata = {key: state[key] for key in INFO_KEYS if key in state}
     result = export_onnx(model, args.output, verify_batch=args.verify_batch, metadata=metadata)

@@ -119,6 +119,14 @@ def test_export_script(tmp_path, tiny_model, capsys):
     assert OnnxModel(out).metadata == {"model": "vgg13_tiny", "mode": "probability", "epoch": 2}
 
 
+def test_export_script_bad_verify_batch(tmp_path, tiny_model, capsys):
+    checkpoint = tmp_path / "best.pt"
+    save_checkpoint(checkpoint, {"model": "vgg13_tiny", "mode": "majority", "model_state": tiny_model.state_dict()})
+    assert run_script("export_onnx", checkpoint, tmp_path / "m.onnx", "--verify-batch", 0) == 2
+    assert capsys.readouterr().err.strip() == "export_onnx.py: error: --verify-batch 0: compare at least one crop"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
 def test_export_script_missing_checkpoint(tmp_path, capsys):
     status = run_script("export_onnx", tmp_path / "nope.pt", tmp_path / "m.onnx")
     assert status == 2

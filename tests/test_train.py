@@ -253,6 +253,29 @@ def test_resume_from_another_model_or_mode(runs, synthetic_data, flags, message,
     assert folder_state(runs["stopped"]) == before
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--seed", "3"), "the run was started with seed 0, not 3"),
+        (("--momentum", "0.5"), "the run was started with momentum 0.9, not 0.5"),
+        (("-b", "16"), "the run was started with batch_size 32, not 16"),
+    ],
+)
+def test_resume_with_other_settings(runs, synthetic_data, flags, message, capsys):
+    before = folder_state(runs["stopped"])
+    assert train_cli(*tiny_args(synthetic_data, runs["stopped"], "-e", EPOCHS, "--resume", *flags)) == 2
+    assert _one_line_error(capsys) == (
+        f"train.py: error: {runs['stopped'] / 'last.pt'}: {message}; resume with the same settings or start a new --output"
+    )
+    assert folder_state(runs["stopped"]) == before
+
+
+def test_bad_momentum(synthetic_data, tmp_path, capsys):
+    assert train_cli(*tiny_args(synthetic_data, tmp_path / "run", "-e", 1, "--momentum", "-1")) == 2
+    assert _one_line_error(capsys) == "train.py: error: --momentum -1.0: the momentum must be in [0, 1)"
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_without_a_checkpoint(synthetic_data, tmp_path, capsys):
     output = tmp_path / "run"
     assert train_cli(*tiny_args(synthetic_data, output, "-e", 1, "--resume")) == 2

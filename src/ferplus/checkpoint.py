@@ -80,7 +80,8 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     if not path.is_file():
         raise FerplusError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: a checkpoint is tensors and plain data, so loading one never runs code.
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # unpickling errors come in many types
         raise FerplusError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -95,5 +96,8 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tupl
         model = create_model(state["model"])
     except ValueError as e:
         raise FerplusError(f"{path}: {e}") from None
-    model.load_state_dict(state["model_state"])
+    try:
+        model.load_state_dict(state["model_state"])
+    except RuntimeError as e:  # weights that do not fit the named model
+        raise FerplusError(f"{path}: weights do not fit model {state['model']} ({str(e).splitlines()[0]})") from None
     return model.to(device).eval(), state

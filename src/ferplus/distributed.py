@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from .errors import FerplusError
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ def init_distributed(device_type: str) -> DistInfo:
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise FerplusError(
+                f"process {local_rank} on this machine has no GPU of its own "
+                f"({torch.cuda.device_count()} visible); start at most that many per node"
+            )
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
@@ -66,6 +74,17 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), so all evaluate one model.
+
+    DistributedDataParallel syncs buffers at the start of each forward pass, so after an epoch's
+    last step every rank holds the statistics of its own last minibatch.
+    """
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier() -> None:

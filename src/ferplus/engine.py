@@ -52,6 +52,9 @@ RUN_FOLDER_PREFIX = {"vgg13": "VGG13"}
 #: Mixed into the dropout seed so that it never equals a seed the data stream derives.
 DROPOUT_SEED_TAG = 0x6472_6F70
 PERCENT = 100.0
+#: Settings a resumed run must share with the run it continues (a new --lr is allowed: it is
+#: how a user deliberately changes course from the resumed epoch on).
+RESUME_FIXED_SETTINGS = ("seed", "momentum", "batch_size")
 
 ARGS_FILE = "args.json"
 LOG_FILE = "train.log"
@@ -238,6 +241,8 @@ def _check_config(config: TrainConfig) -> None:
         raise FerplusError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
     if config.max_epochs < 0 or config.batch_size < 1:
         raise FerplusError("--max-epochs must be at least 0 and --batch-size at least 1")
+    if not (0 <= config.momentum < 1):
+        raise FerplusError(f"--momentum {config.momentum}: the momentum must be in [0, 1)")
     if config.seed < 0:
         raise FerplusError(f"--seed {config.seed}: the seed must be a non-negative integer")
     if not (config.lr > 0 and math.isfinite(config.lr)):
@@ -273,6 +278,19 @@ def _resume_state(config: TrainConfig, output: Path) -> Optional[Dict[str, Any]]
         raise FerplusError(
             f"{last_path}: checkpoint of model {state['model']} in mode {state['mode']}, "
             f"not model {config.model} in mode {config.training_mode}"
+        )
+    # Resuming replays the remaining epochs of the same run, so what shapes them must not change.
+    started = state["config"]
+    for key in RESUME_FIXED_SETTINGS:
+        if started[key] != getattr(config, key):
+            raise FerplusError(
+                f"{last_path}: the run was started with {key} {started[key]}, not {getattr(config, key)}; "
+                "resume with the same settings or start a new --output"
+            )
+    if started["world_size"] != distributed.launched_world_size():
+        raise FerplusError(
+            f"{last_path}: the run was started with {started['world_size']} processes, "
+            f"not {distributed.launched_world_size()}; resume with the same number"
         )
     if state["epoch"] > config.max_epochs:
         raise FerplusError(
@@ -405,6 +423,7 @@ def _train(
                 _append(log_path, message + "\n")
             raise FerplusError(message, exit_code=1)
 
+        distributed.broadcast_buffers(raw_model)  # the ranks evaluate, and rank 0 saves, one model
         val_accuracy = summarize(evaluate(raw_model, val_set, EVAL_BATCH_SIZE, rank, world_size))["accuracy"]
         test_accuracy = None
         improved = val_accuracy > best["best_val_accuracy"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from .checkpoint import atomic_write
 from .engine import LAST_CHECKPOINT, RESULTS_FILE, TrainConfig, run_folder_name, train
+from .errors import FerplusError
 from .labels import MODES
 
 #: Test accuracy (%) of the paper's Table 2: (mean, standard deviation, runs) per mode.
@@ -43,7 +44,10 @@ def _finished(folder: Path, epochs: int) -> Optional[dict]:
     path = folder / RESULTS_FILE
     if not path.is_file():
         return None
-    results = json.loads(path.read_text())
+    try:
+        results = json.loads(path.read_text())
+    except ValueError:
+        raise FerplusError(f"{path}: not readable JSON; delete it to retrain the run") from None
     return results if results.get("epochs") == epochs else None
 
 
