@@ -133,6 +133,13 @@ def test_missing_or_empty_label_file_is_reported(tmp_path: Path) -> None:
         read_folder(tmp_path)
 
 
+def test_binary_label_file_is_reported(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    (tmp_path / "label.csv").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(FerplusError, match="label.csv: not a label.csv text file"):
+        read_folder(tmp_path)
+
+
 def test_colour_png_is_read_as_grayscale(tmp_path: Path) -> None:
     write_folder(tmp_path, votes=VOTES[:1])
     gray = np.full((48, 48), 99, np.uint8)

@@ -99,10 +99,12 @@ def read_folder(folder: Union[str, Path]) -> FerFolder:
     folder = Path(folder)
     label_path = folder / LABEL_FILE
     try:
-        with open(label_path, newline="") as f:
+        with open(label_path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
     except OSError as e:
         raise FerplusError(f"{label_path}: cannot read: {e.strerror or e}") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise FerplusError(f"{label_path}: not a label.csv text file ({e})") from None
     # Blank lines carry no image; keep the others with their 1-based line numbers for messages.
     numbered = [(number, row) for number, row in enumerate(rows, 1) if row]
     if not numbered:

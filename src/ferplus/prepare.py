@@ -131,8 +131,8 @@ def generate_training_data(
     Returns:
         Per split folder, in :data:`USAGE_FOLDERS` order: ``usage``, ``rows`` (CSV rows of that
         usage), ``images`` (PNGs written), ``skipped`` (rows without an image name) and
-        ``duplicates`` (names seen again in this split's rows, written only once with the votes
-        of their first row).
+        ``duplicates`` (this split's rows whose name appeared earlier in the file: the image is
+        written once, with the votes of its first row).
 
     Raises:
         FerplusError: a file is missing or malformed, or the two files disagree; nothing has

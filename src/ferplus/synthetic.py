@@ -93,7 +93,7 @@ def _votes(emotion: int, pattern: str, rng: np.random.Generator) -> np.ndarray:
 
     * ``clear``: 7-10 votes for the emotion, the rest scattered (kept by every mode);
     * ``split``: 4 for it, 3 for another emotion, 2 elsewhere (no majority; the other modes keep it);
-    * ``multi``: 4, 3 and 3 over three emotions (only distribution-based modes keep it);
+    * ``multi``: 4, 3 and 3 over three emotions (no majority; the other modes keep it, three-way);
     * ``rejected``: 5-6 votes for ``unknown`` or ``NF`` (every mode drops it).
     """
     votes = np.zeros(NUM_VOTES, dtype=np.int64)

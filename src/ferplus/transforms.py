@@ -159,9 +159,10 @@ def crop(images: torch.Tensor, boxes: torch.Tensor, params: AugmentParams) -> to
     m = torch.stack([m[:, 0, :], torch.where(flip, -m[:, 1, :], m[:, 1, :])], 1)
     # Fold the pixel → normalised conversion (p -> (2p + 1) / size - 1) into one (r, c, 1) -> (x, y)
     # map, in float64 so only the final coordinates are rounded to float32.
-    size = torch.tensor([height, width], dtype=torch.float64, device=device)
-    linear = 2 * m / size
-    shift = (2 * offset + 1) / size - 1
+    # (Divisions by Python numbers: a size tensor built on a GPU would be a host-to-device copy
+    # that waits for the GPU.)
+    linear = torch.stack((2 * m[..., 0] / height, 2 * m[..., 1] / width), -1)
+    shift = torch.stack(((2 * offset[:, 0] + 1) / height - 1, (2 * offset[:, 1] + 1) / width - 1), -1)
     # grid_sample wants (x, y) = (column, row) last. The grid is built from per-row and per-column
     # parts by broadcasting rather than a matrix product, which TF32 settings would make inexact.
     linear, shift = linear.flip(-1).to(torch.float32), shift.flip(-1).to(torch.float32)
@@ -240,13 +241,14 @@ def preprocess(
         images' device.
     """
     as_numpy = isinstance(images, np.ndarray)
-    images = torch.from_numpy(images) if as_numpy else images
+    images = torch.from_numpy(np.ascontiguousarray(images)) if as_numpy else images
     if images.dtype != torch.uint8 or images.dim() != 3:
         raise ValueError(f"images must be uint8 (N, H, W), got {images.dtype} {tuple(images.shape)}")
     n, height, width = images.shape
     device = images.device
     if boxes is None:
-        boxes = torch.tensor([[0, 0, width, height]], device=device).expand(n, 4)
+        boxes = torch.zeros(n, 4, dtype=torch.int64, device=device)  # (left, top) = (0, 0)
+        boxes[:, 2], boxes[:, 3] = width, height
     else:
         boxes = torch.as_tensor(boxes).to(device)
         if boxes.shape != (n, 4):
