@@ -85,6 +85,7 @@ PROGRESS_STEP = 1000  # images written between progress bar updates
 #: Below this size the process pool's start-up costs more than it saves.
 POOL_MIN_BYTES = 16 << 20
 FILE_MODE = 0o666  # as open() creates files: the umask decides
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise translate newlines inside PNGs
 STAGING_PREFIX = ".generate-staging-"  # + "<pid>-<random>": lets a later run spot a dead run's leftovers
 
 
@@ -444,7 +445,7 @@ def _write_pngs(folder: Path, names: Sequence[str], images: np.ndarray) -> None:
         png = encode_png(image)
         # os.open skips the buffered file object that open() builds: with ~36k tiny files the
         # per-file overhead is a large part of the run.
-        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY, FILE_MODE)
         try:
             if os.write(fd, png) != len(png):  # a short write to a regular file means the disk is full
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
