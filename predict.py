@@ -14,7 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
 import argparse  # noqa: E402
 
-from ferplus.engine import resolve_device  # noqa: E402
 from ferplus.errors import FerplusError, run_cli  # noqa: E402
 from ferplus.inference import predict_images  # noqa: E402
 
@@ -48,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     """Predict, report, and fail with status 1 if any image could not be used."""
     results = predict_images(
-        args.model, args.paths, device=resolve_device(args.device), detect=not args.no_detect,
+        args.model, args.paths, device=args.device, detect=not args.no_detect,
         as_json=args.json, annotate_dir=args.annotate,
     )
     failed = sum(r.error is not None for r in results)

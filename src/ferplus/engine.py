@@ -40,7 +40,7 @@ from .data import SPLIT_FOLDERS, EvalSet, TrainStream, read_folder, summary_tabl
 from .errors import FerplusError
 from .labels import MODES
 from .losses import LossFn, loss_for_mode
-from .metrics import confusion_matrix, summarize
+from .metrics import PERCENT, confusion_matrix, summarize
 from .models import DEFAULT_MODEL, MODELS, create_model
 from .plots import plot_confusion_matrix, plot_training_curves
 
@@ -51,7 +51,6 @@ EVAL_BATCH_SIZE = 256
 RUN_FOLDER_PREFIX = {"vgg13": "VGG13"}
 #: Mixed into the dropout seed so that it never equals a seed the data stream derives.
 DROPOUT_SEED_TAG = 0x6472_6F70
-PERCENT = 100.0
 #: Settings a resumed run must share with the run it continues (a new --lr is allowed: it is
 #: how a user deliberately changes course from the resumed epoch on).
 RESUME_FIXED_SETTINGS = ("seed", "momentum", "batch_size")

@@ -7,19 +7,16 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
-import torch
 
-from . import engine
-from .checkpoint import load_model, write_json
+from .checkpoint import write_json
 from .data import SPLIT_FOLDERS, EvalSet, read_folder
+from .engine import EVAL_BATCH_SIZE
 from .errors import FerplusError
-from .inference import INFO_KEYS, is_onnx
-from .metrics import confusion_matrix, format_confusion, summarize
-from .onnx_export import OnnxModel
+from .inference import INFO_KEYS, Scorer, load_scorer
+from .metrics import PERCENT, confusion_matrix, format_confusion, summarize
 from .plots import plot_confusion_matrix
 
 PathLike = Union[str, os.PathLike]
-PERCENT = 100.0
 
 
 def result_paths(output: PathLike, split: str) -> Dict[str, Path]:
@@ -28,11 +25,11 @@ def result_paths(output: PathLike, split: str) -> Dict[str, Path]:
     return {"json": output / f"eval_{split}.json", "png": output / f"confusion_{split}.png"}
 
 
-def onnx_confusion(model: OnnxModel, eval_set: EvalSet, batch_size: int) -> np.ndarray:
-    """The (8, 8) confusion matrix of an ONNX model on ``eval_set`` (kept on the CPU), batch by batch."""
+def scorer_confusion(scorer: Scorer, eval_set: EvalSet, batch_size: int) -> np.ndarray:
+    """The (8, 8) confusion matrix of a scorer (checkpoint or ONNX file) on ``eval_set``, batch by batch."""
     predictions, labels = [], []
     for inputs, batch_labels in eval_set.batches(batch_size):
-        predictions.append(model(inputs.cpu().numpy()).argmax(axis=1))
+        predictions.append(scorer(inputs.cpu().numpy()).argmax(axis=1))
         labels.append(batch_labels.cpu().numpy())
     if not labels:
         return confusion_matrix(np.zeros(0), np.zeros(0))
@@ -43,7 +40,7 @@ def evaluate_model_file(
     model_path: PathLike,
     data_folder: PathLike,
     split: str = "test",
-    batch_size: int = engine.EVAL_BATCH_SIZE,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: str = "auto",
     output: Optional[PathLike] = None,
 ) -> Dict[str, Any]:
@@ -64,28 +61,10 @@ def evaluate_model_file(
     output = Path(output) if output is not None else model_path.parent
 
     # Load the model before the data: a wrong model path should fail fast.
-    if is_onnx(model_path):
-        onnx_model = OnnxModel(model_path)
-        recorded: Dict[str, Any] = onnx_model.metadata
-        run_device = torch.device("cpu")
-        eval_set = EvalSet(read_folder(folder), run_device)
-        confusion = onnx_confusion(onnx_model, eval_set, batch_size)
-    else:
-        run_device = engine.resolve_device(device)
-        model, recorded = load_model(model_path, run_device)
-        eval_set = EvalSet(read_folder(folder), run_device)
-        confusion = engine.evaluate(model, eval_set, batch_size)
-
-    summary = summarize(confusion)
-    result: Dict[str, Any] = {
-        "model_file": str(model_path),
-        "format": "onnx" if is_onnx(model_path) else "checkpoint",
-        **{key: recorded[key] for key in INFO_KEYS if key in recorded},
-        "split": split,
-        "data_folder": str(folder),
-        "device": str(run_device),
-        **summary,
-    }
+    scorer, info = load_scorer(model_path, device)
+    eval_set = EvalSet(read_folder(folder), info["device"])
+    confusion = scorer_confusion(scorer, eval_set, batch_size)
+    result: Dict[str, Any] = {**info, "split": split, "data_folder": str(folder), **summarize(confusion)}
     paths = result_paths(output, split)
     write_json(paths["json"], result)
     plot_confusion_matrix(confusion, paths["png"], title=_title(result))

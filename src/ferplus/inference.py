@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_write, load_model
-from .engine import EVAL_BATCH_SIZE, predict_scores
+from .engine import EVAL_BATCH_SIZE, predict_scores, resolve_device
 from .errors import FerplusError
 from .faces import crop_faces, detect_faces, face_inputs, read_image, resize_face, to_gray
 from .labels import EMOTIONS
+from .metrics import PERCENT
 from .onnx_export import OnnxModel
 
 PathLike = Union[str, os.PathLike]
@@ -38,7 +39,6 @@ ANNOTATE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 FALLBACK_SUFFIX = ".png"
 #: Metadata keys recorded in exported ONNX files and reported for checkpoints.
 INFO_KEYS = ("model", "mode", "epoch")
-PERCENT = 100.0
 
 # Annotation drawing, relative to the face box so labels stay legible on any photo size.
 BOX_COLOR = (0, 200, 0)  # BGR
@@ -73,8 +73,9 @@ def load_scorer(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tup
     """Open a checkpoint or an ``.onnx`` file as a scorer.
 
     Returns ``(scorer, info)``: ``info`` holds ``model_file``, ``format`` (``checkpoint`` or
-    ``onnx``), ``device`` and, where recorded, ``model``, ``mode`` and ``epoch``. ONNX files
-    always run on the CPU with onnxruntime.
+    ``onnx``), ``device`` (where the scorer runs) and, where recorded, ``model``, ``mode`` and
+    ``epoch``. ``device`` may be ``auto``/``cpu``/``cuda``; it is resolved for checkpoints only,
+    since ONNX files always run on the CPU with onnxruntime.
     """
     info: Dict[str, Any] = {"model_file": str(path)}
     if is_onnx(path):
@@ -82,6 +83,7 @@ def load_scorer(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tup
         recorded = scorer.metadata
         info.update(format="onnx", device="cpu")
     else:
+        device = resolve_device(device) if isinstance(device, str) else device
         model, recorded = load_model(path, device)
         scorer = TorchScorer(model, device)
         info.update(format="checkpoint", device=str(device))

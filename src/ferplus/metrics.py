@@ -8,6 +8,8 @@ import numpy as np
 
 from .labels import EMOTIONS, NUM_EMOTIONS
 
+PERCENT = 100.0  # fractions are stored, percentages shown
+
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int = NUM_EMOTIONS) -> np.ndarray:
     """Counts ``(num_classes, num_classes)`` int64: rows are true classes, columns predicted ones."""

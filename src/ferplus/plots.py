@@ -17,13 +17,14 @@ from matplotlib.ticker import MaxNLocator
 
 from .checkpoint import atomic_write
 from .labels import EMOTIONS
+from .metrics import PERCENT
 
 PathLike = Union[str, os.PathLike]
 
 DPI = 100
 CURVES_SIZE = (10.0, 4.0)  # inches: loss and accuracy side by side
 CONFUSION_SIZE = (7.0, 6.0)  # inches: square matrix plus the colour bar
-PERCENT = 100.0
+
 # Cell text switches to white on shades darker than this share of the row, so it stays readable.
 DARK_SHADE = 0.5
 

@@ -20,6 +20,7 @@ from .checkpoint import atomic_write
 from .engine import LAST_CHECKPOINT, RESULTS_FILE, TrainConfig, run_folder_name, train
 from .errors import FerplusError
 from .labels import MODES
+from .metrics import PERCENT
 
 #: Test accuracy (%) of the paper's Table 2: (mean, standard deviation, runs) per mode.
 PAPER_RESULTS = {
@@ -28,7 +29,6 @@ PAPER_RESULTS = {
     "probability": (84.986, 0.366, 5),
     "crossentropy": (84.716, 0.239, 5),
 }
-PERCENT = 100.0
 CSV_FILE = "reproduce.csv"
 MARKDOWN_FILE = "reproduce.md"
 CSV_COLUMNS = ("mode", "runs", "mean_test_accuracy", "std_test_accuracy", "paper_mean", "paper_std", "paper_runs")
