@@ -92,11 +92,14 @@ def read_folder(folder: Union[str, Path]) -> FerFolder:
     """Read a prepared split folder (``label.csv`` + PNGs) into memory.
 
     Raises:
-        FerplusError: naming ``label.csv`` and the line, for a line with the wrong number of
-            columns, a box that does not parse or does not fit its image, bad vote counts, a
-            missing or unreadable PNG, or an image whose size differs from the folder's first.
+        FerplusError: for a missing folder; and naming ``label.csv`` and the line, for a line
+            with the wrong number of columns, a box that does not parse or does not fit its
+            image, bad vote counts, a missing or unreadable PNG, or an image whose size differs
+            from the folder's first.
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FerplusError(f"{folder}: no such folder (prepare the data with generate_training_data.py first)")
     label_path = folder / LABEL_FILE
     try:
         with open(label_path, newline="", encoding="utf-8") as f:

@@ -226,13 +226,6 @@ def _append(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _load_split(base_folder: Path, split: str):
-    folder = base_folder / SPLIT_FOLDERS[split]
-    if not folder.is_dir():
-        raise FerplusError(f"{folder}: no such folder (prepare the data with generate_training_data.py first)")
-    return read_folder(folder)
-
-
 def _check_config(config: TrainConfig) -> None:
     if config.training_mode not in MODES:
         raise FerplusError(f"unknown training mode {config.training_mode!r}; choose one of {', '.join(MODES)}")
@@ -336,7 +329,7 @@ def _train(
 
     # Data: the whole split as uint8 on the device; the evaluation sets preprocessed once.
     base_folder = Path(config.base_folder)
-    train_data, val_data, test_data = (_load_split(base_folder, split) for split in ("train", "valid", "test"))
+    train_data, val_data, test_data = (read_folder(base_folder / SPLIT_FOLDERS[split]) for split in SPLIT_FOLDERS)
     stream = TrainStream(
         train_data, mode, config.batch_size, device, seed=config.seed, rank=rank, world_size=world_size
     )

@@ -56,8 +56,6 @@ def evaluate_model_file(
         raise FerplusError(f"--batch-size {batch_size}: must be at least 1")
     model_path = Path(model_path)
     folder = Path(data_folder) / SPLIT_FOLDERS[split]
-    if not folder.is_dir():
-        raise FerplusError(f"{folder}: no such folder (prepare the data with generate_training_data.py first)")
     output = Path(output) if output is not None else model_path.parent
 
     # Load the model before the data: a wrong model path should fail fast.
