@@ -21,9 +21,10 @@ import torch  # noqa: E402
 
 from ferplus.data import CHUNK_IMAGES  # noqa: E402
 from ferplus.errors import FerplusError, run_cli  # noqa: E402
+from ferplus.prepare import IMAGE_SIZE  # noqa: E402
 from ferplus.transforms import preprocess  # noqa: E402
 
-FACE_SIZE = 48  # FER faces are 48x48
+FACE_SIZE = IMAGE_SIZE  # FER faces are 48x48
 
 
 def get_args_parser() -> argparse.ArgumentParser:

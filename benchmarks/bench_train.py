@@ -21,9 +21,9 @@ from ferplus.engine import make_optimizer, resolve_device, train_one_epoch  # no
 from ferplus.labels import NUM_EMOTIONS, NUM_VOTES  # noqa: E402
 from ferplus.losses import loss_for_mode  # noqa: E402
 from ferplus.models import MODELS, create_model  # noqa: E402
+from ferplus.prepare import IMAGE_SIZE  # noqa: E402
+from ferplus.synthetic import NUM_TAGGERS  # noqa: E402
 
-FER_SIZE = 48  # FER2013 faces are 48×48 pixels
-TAGGERS = 10  # votes per FER+ image
 MODE = "majority"
 
 
@@ -31,13 +31,13 @@ def synthetic_folder(num_images: int, seed: int = 0) -> FerFolder:
     """Random uint8 faces with whole-image boxes, each labelled unanimously with a random emotion."""
     rng = np.random.default_rng(seed)
     votes = np.zeros((num_images, NUM_VOTES), dtype=np.int64)
-    votes[np.arange(num_images), rng.integers(0, NUM_EMOTIONS, num_images)] = TAGGERS
+    votes[np.arange(num_images), rng.integers(0, NUM_EMOTIONS, num_images)] = NUM_TAGGERS
     return FerFolder(
         folder=Path("synthetic"),
         names=[f"fer{i:07d}.png" for i in range(num_images)],
-        boxes=np.tile(np.array([0, 0, FER_SIZE, FER_SIZE], dtype=np.int64), (num_images, 1)),
+        boxes=np.tile(np.array([0, 0, IMAGE_SIZE, IMAGE_SIZE], dtype=np.int64), (num_images, 1)),
         votes=votes,
-        images=rng.integers(0, 256, (num_images, FER_SIZE, FER_SIZE), dtype=np.uint8),
+        images=rng.integers(0, 256, (num_images, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8),
     )
 
 

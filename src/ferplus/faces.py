@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from .errors import FerplusError
+from .prepare import IMAGE_SIZE
 from .transforms import preprocess
 
 PathLike = Union[str, os.PathLike]
@@ -24,7 +25,7 @@ PathLike = Union[str, os.PathLike]
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 #: FER2013 faces are 48×48; crops are brought to this size so a photo's face has the resolution
 #: (and, after preprocessing, the blur) of the images the network was trained on.
-FACE_SIZE = 48
+FACE_SIZE = IMAGE_SIZE
 #: Margin added on each side of the detector's square box, as a share of its side. On 300
 #: FER2013 test faces (upscaled into a canvas) the cascade's box covered a median 97% of the
 #: FER crop, centred, so 2% per side reproduces FER's framing.
