@@ -1,57 +1,12 @@
-"""Export a checkpoint to ONNX: ``python export_onnx.py RUN/best.pt model.onnx``.
+#!/usr/bin/env python3
+"""Export a checkpoint to ONNX: python export_onnx.py RUN/best.pt model.onnx
 
-The file has the ONNX Model Zoo "emotion-ferplus" interface: input ``Input3`` float32
-``(N, 1, 64, 64)`` preprocessed crops (dynamic N), output ``Plus692_Output_0`` ``(N, 8)``
-raw scores in the order neutral, happiness, surprise, sadness, anger, disgust, fear, contempt.
-It is checked with the ONNX checker and compared with PyTorch before it is written.
+The same as ``ferplus-export``; the command line lives in ``src/ferplus/cli/export.py``.
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
-
-import argparse  # noqa: E402
-
-from ferplus.checkpoint import load_model  # noqa: E402
-from ferplus.errors import FerplusError, run_cli  # noqa: E402
-from ferplus.inference import INFO_KEYS  # noqa: E402
-from ferplus.onnx_export import (  # noqa: E402
-    DEFAULT_VERIFY_BATCH,
-    INPUT_NAME,
-    MAX_ABS_DIFF,
-    OUTPUT_NAME,
-    export_onnx,
-)
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    """The command line of ``export_onnx.py``."""
-    parser = argparse.ArgumentParser(
-        prog="export_onnx.py",
-        description="Export a checkpoint to ONNX (Model Zoo emotion-ferplus interface), checked with onnxruntime.",
-    )
-    parser.add_argument("checkpoint", help="checkpoint to export (best.pt, last.pt)")
-    parser.add_argument("output", help="the .onnx file to write")
-    parser.add_argument(
-        "--verify-batch", type=int, default=DEFAULT_VERIFY_BATCH, help="crops compared between PyTorch and onnxruntime"
-    )
-    return parser
-
-
-def main(args: argparse.Namespace) -> None:
-    """Export, verify and report."""
-    if args.verify_batch < 1:
-        raise FerplusError(f"--verify-batch {args.verify_batch}: compare at least one crop")
-    model, state = load_model(args.checkpoint, "cpu")
-    metadata = {key: state[key] for key in INFO_KEYS if key in state}
-    result = export_onnx(model, args.output, verify_batch=args.verify_batch, metadata=metadata)
-    print(f"wrote {args.output}: input {INPUT_NAME} float32 [N, 1, 64, 64], output {OUTPUT_NAME} [N, 8] raw scores")
-    print(
-        f"verified with onnxruntime on {result['verify_batch']} crops: "
-        f"max abs difference to PyTorch {result['max_abs_diff']:.3g} (limit {MAX_ABS_DIFF:g})"
-    )
-
+from ferplus.cli.export import run
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, get_args_parser()))
+    sys.exit(run())

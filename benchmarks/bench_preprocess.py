@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from ferplus.data import CHUNK_IMAGES  # noqa: E402
 from ferplus.errors import FerplusError, run_cli  # noqa: E402
-from ferplus.prepare import IMAGE_SIZE  # noqa: E402
+from ferplus.fer_format import IMAGE_SIZE  # noqa: E402
 from ferplus.transforms import preprocess  # noqa: E402
 
 FACE_SIZE = IMAGE_SIZE  # FER faces are 48x48

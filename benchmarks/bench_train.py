@@ -17,12 +17,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ferplus.data import FerFolder, TrainStream  # noqa: E402
-from ferplus.engine import make_optimizer, resolve_device, train_one_epoch  # noqa: E402
+from ferplus.engine import make_optimizer, train_one_epoch  # noqa: E402
+from ferplus.runtime import resolve_device  # noqa: E402
 from ferplus.labels import NUM_EMOTIONS, NUM_VOTES  # noqa: E402
-from ferplus.losses import loss_for_mode  # noqa: E402
+from ferplus.labels import get_mode  # noqa: E402
 from ferplus.models import MODELS, create_model  # noqa: E402
-from ferplus.prepare import IMAGE_SIZE  # noqa: E402
-from ferplus.synthetic import NUM_TAGGERS  # noqa: E402
+from ferplus.fer_format import IMAGE_SIZE, NUM_TAGGERS  # noqa: E402
 
 MODE = "majority"
 
@@ -47,7 +47,7 @@ def measure(model_name: str, batch_size: int, data: FerFolder, device: torch.dev
     model = create_model(model_name).to(device)
     optimizer = make_optimizer(model, lr=0.005, momentum=0.9)
     stream = TrainStream(data, MODE, batch_size, device)
-    loss_fn = loss_for_mode(MODE)
+    loss_fn = get_mode(MODE).loss
     train_one_epoch(model, stream, optimizer, loss_fn, 0, amp)
     images = 0
     start = time.perf_counter()

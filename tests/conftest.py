@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 #: Where the real FER+ labels and FER2013 pixels live for development and CI (never in the repo).
 SHARED_FERPLUS = Path(os.environ.get("FERPLUS_SHARED", ROOT.parent / "shared" / "ferplus"))

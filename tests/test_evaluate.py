@@ -78,8 +78,8 @@ def test_checkpoint_and_onnx_agree(data, run_folder, tmp_path, capsys):
     assert evaluate([str(run_folder / "model.onnx"), "-d", str(base), "--output", str(onnx_out), "-b", "7"]) == 0
 
     # Default output: the checkpoint's folder.
-    from_checkpoint = json.loads((run_folder / "eval_test.json").read_text())
-    from_onnx = json.loads((onnx_out / "eval_test.json").read_text())
+    from_checkpoint = json.loads((run_folder / "eval_best_test.json").read_text())
+    from_onnx = json.loads((onnx_out / "eval_model_onnx_test.json").read_text())
     assert from_checkpoint["format"] == "checkpoint" and from_onnx["format"] == "onnx"
     assert from_checkpoint["model"] == from_onnx["model"] == "vgg13_tiny"
     assert from_checkpoint["confusion_matrix"] == from_onnx["confusion_matrix"]
@@ -90,7 +90,7 @@ def test_checkpoint_and_onnx_agree(data, run_folder, tmp_path, capsys):
         assert result["num_images"] == confusion.sum() == kept < NUM_IMAGES
         assert result["accuracy"] == pytest.approx(np.trace(confusion) / kept)
         assert set(result["per_class_accuracy"]) == set(EMOTIONS)
-    for png in (run_folder / "confusion_test.png", onnx_out / "confusion_test.png"):
+    for png in (run_folder / "eval_best_test.png", onnx_out / "eval_model_onnx_test.png"):
         assert png.read_bytes()[:8] == PNG_SIGNATURE
     assert f"accuracy: {100 * from_checkpoint['accuracy']:.2f}%" in printed
     assert "true \\ pred" in printed  # the confusion table
@@ -99,8 +99,8 @@ def test_checkpoint_and_onnx_agree(data, run_folder, tmp_path, capsys):
 def test_split_choice(data, run_folder, tmp_path):
     base, _ = data
     assert evaluate([str(run_folder / "best.pt"), "-d", str(base), "--split", "valid", "--output", str(tmp_path)]) == 0
-    assert json.loads((tmp_path / "eval_valid.json").read_text())["split"] == "valid"
-    assert (tmp_path / "confusion_valid.png").is_file()
+    assert json.loads((tmp_path / "eval_best_valid.json").read_text())["split"] == "valid"
+    assert (tmp_path / "eval_best_valid.png").is_file()
 
 
 def test_missing_split_is_a_clear_error(data, run_folder, tmp_path, capsys):

@@ -14,7 +14,8 @@ from ferplus.checkpoint import save_checkpoint
 from ferplus.errors import FerplusError
 from ferplus.labels import NUM_EMOTIONS
 from ferplus.models import INPUT_SIZE, create_model
-from ferplus.onnx_export import INPUT_NAME, OUTPUT_NAME, OnnxModel, export_onnx
+from ferplus.onnx_export import export_onnx
+from ferplus.scorers import INPUT_NAME, OUTPUT_NAME, OnnxModel
 from scripts import run_script
 
 TOLERANCE = 1e-5
@@ -53,7 +54,7 @@ def test_round_trip_matches_pytorch(tiny_model, exported, batch):
     inputs = torch.randn(batch, 1, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(batch))
     with torch.no_grad():
         expected = tiny_model(inputs).numpy()
-    got = OnnxModel(exported)(inputs.numpy())
+    got = OnnxModel(exported)(inputs).numpy()
     assert got.shape == (batch, NUM_EMOTIONS)
     np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
     # Scores far above the tolerance, or the comparison above would prove little.

@@ -121,7 +121,7 @@ def test_every_real_row_matches_transcription(ferplus_rows: list[list[str]], mod
 
 @pytest.mark.parametrize("mode", MODES)
 def test_random_votes_match_transcription(mode: str) -> None:
-    rng = np.random.default_rng(MODES.index(mode))
+    rng = np.random.default_rng(list(MODES).index(mode))
     # Few categories with many votes, so ties, rejects and the 3-pick limit all come up often.
     votes = rng.integers(0, 6, size=(4000, NUM_VOTES)) * (rng.random((4000, NUM_VOTES)) < 0.5)
     check_against_transcription(votes, mode)

@@ -9,7 +9,10 @@ import torch
 from torch import nn
 
 from ferplus.engine import learning_rate, make_optimizer
-from ferplus.losses import loss_for_mode, multi_target_loss, soft_cross_entropy
+from ferplus.labels import MODES, get_mode
+from ferplus.losses import multi_target_loss
+
+soft_cross_entropy = get_mode("crossentropy").loss
 
 LOG3 = math.log(3.0)
 MULTI_TARGET_EPSILON = 0.001  # what the reader mixes into multi_target targets
@@ -46,13 +49,27 @@ def test_multi_target_loss_is_stable_where_softmax_underflows():
     assert multi_target_loss(logits, targets).item() == pytest.approx(2000.0, rel=1e-6)
 
 
-def test_loss_for_mode():
-    assert loss_for_mode("majority") is soft_cross_entropy
-    assert loss_for_mode("probability") is soft_cross_entropy
-    assert loss_for_mode("crossentropy") is soft_cross_entropy
-    assert loss_for_mode("multi_target") is multi_target_loss
-    with pytest.raises(ValueError, match="unknown mode"):
-        loss_for_mode("plurality")
+def test_each_mode_has_its_loss():
+    assert [get_mode(name).loss for name in MODES] == [
+        soft_cross_entropy, soft_cross_entropy, soft_cross_entropy, multi_target_loss
+    ]
+    with pytest.raises(ValueError, match="unknown mode 'plurality'; choose one of majority, "):
+        get_mode("plurality")
+
+
+def test_library_cross_entropy_equals_the_written_out_formula():
+    """The distribution modes' loss is F.cross_entropy with probability targets: the same numbers,
+    and the same gradients, as the formula -sum_k t_k log softmax(z)_k written out."""
+    generator = torch.Generator().manual_seed(0)
+    logits = (5 * torch.randn(64, 8, generator=generator)).requires_grad_(True)
+    targets = torch.softmax(3 * torch.randn(64, 8, generator=generator), dim=1)
+    targets[:16] = torch.eye(8)[torch.randint(0, 8, (16,), generator=generator)]  # one-hot rows too
+    written_out = -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    (grad_written,) = torch.autograd.grad(written_out, logits)
+    library = soft_cross_entropy(logits, targets)
+    (grad_library,) = torch.autograd.grad(library, logits)
+    torch.testing.assert_close(library, written_out, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_library, grad_written, rtol=1e-5, atol=1e-8)
 
 
 @pytest.mark.parametrize(

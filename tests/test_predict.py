@@ -15,7 +15,7 @@ import torch
 
 from ferplus.checkpoint import load_model, save_checkpoint
 from ferplus.data import EvalSet, read_folder
-from ferplus.engine import predict_scores
+from ferplus.runtime import predict_scores
 from ferplus.faces import crop_faces, detect_faces
 from ferplus.inference import softmax
 from ferplus.labels import EMOTIONS

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ferplus.reproduce as reproduce_module
-from ferplus.reproduce import PAPER_RESULTS, reproduce, run_folder
+from ferplus.reproduce import PAPER_RESULTS, format_csv, format_markdown, reproduce, run_folder, summarize_runs
 
 MODES = ("majority", "crossentropy")
 SEEDS = 2
@@ -37,6 +37,9 @@ def test_reproduce_tables_and_skipping(synthetic_data, tmp_path, monkeypatch):
         paper_mean, paper_std, paper_runs = PAPER_RESULTS[row["mode"]]
         assert (float(row["paper_mean"]), float(row["paper_std"]), int(row["paper_runs"])) == (paper_mean, paper_std, paper_runs)
     markdown = (root / "reproduce.md").read_text()
+    assert f"# FER+ reproduction: {MODEL}, 1 epochs, {len(MODES) * SEEDS} runs" in markdown
+    train_images = len((synthetic_data / "FER2013Train" / "label.csv").read_text().splitlines())
+    assert f"Data: `{synthetic_data}`, {train_images:,} training images. **Not the full FER+ training split" in markdown
     for mode in MODES:
         values = accuracies[mode]
         paper_mean, paper_std, paper_runs = PAPER_RESULTS[mode]
@@ -62,3 +65,12 @@ def test_reproduce_tables_and_skipping(synthetic_data, tmp_path, monkeypatch):
     reproduce(str(synthetic_data), seeds=1, modes=("majority",), max_epochs=2, model=MODEL, device="cpu", output=str(root))
     history = json.loads((folder / "results.json").read_text())["history"]
     assert len(history) == 2 and history[0] == first_epoch
+
+
+def test_a_single_run_shows_no_spread_and_full_data_no_warning():
+    runs = {"majority": {0: 0.85}}
+    rows = summarize_runs({"majority": [0.85]})
+    markdown = format_markdown(rows, runs, "vgg13", 100, reproduce_module._data_line("data", 28_558))
+    assert "| majority | 1 | 85.000 | 83.852 ± 0.631 | 5 |" in markdown and "±  " not in markdown
+    assert "Data: `data`, 28,558 training images.\n" in markdown and "Not the full" not in markdown
+    assert format_csv(rows).splitlines()[1] == "majority,1,85.000,,83.852,0.631,5"

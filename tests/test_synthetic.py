@@ -11,7 +11,7 @@ import pytest
 
 from ferplus.errors import run_cli
 from ferplus.labels import EMOTIONS, MODES, NUM_EMOTIONS, VOTE_CATEGORIES, process_votes
-from ferplus.prepare import USAGE_FOLDERS
+from ferplus.fer_format import USAGE_FOLDERS
 from ferplus.synthetic import get_args_parser, main, write_sample
 
 PER_SPLIT = 120

@@ -134,10 +134,10 @@ def test_run_folder_contents(runs, synthetic_data):
     ]
 
     last = load_checkpoint(folder / "last.pt")
-    assert last["epoch"] == EPOCHS and last["history"] == history and "optimizer_state" in last
+    assert last["epoch"] == EPOCHS - 1 and last["history"] == history and "optimizer_state" in last
     model, best_state = load_model(folder / "best.pt")
     assert (best_state["model"], best_state["mode"]) == (MODEL, "majority")
-    assert best_state["epoch"] == best + 1 and best_state["test_accuracy"] == results["test_accuracy"]
+    assert best_state["epoch"] == best and best_state["test_accuracy"] == results["test_accuracy"]
     for name in ("curves.png", "confusion_test.png"):
         assert (folder / name).read_bytes().startswith(PNG_SIGNATURE)
 
@@ -170,7 +170,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(runs):
     assert run_independent(resumed_results) == run_independent(full_results)
     assert log_without_times(runs["resumed"] / "train.log") == log_without_times(runs["full"] / "train.log")
     # The stopped run really stopped early, so the comparison above covers a resume.
-    assert load_checkpoint(runs["stopped"] / "last.pt")["epoch"] == STOP_EPOCH
+    assert load_checkpoint(runs["stopped"] / "last.pt")["epoch"] == STOP_EPOCH - 1
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(runs, synthetic_data, tmp_path, capsys):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
 
@@ -13,52 +10,14 @@ import torch
 from torch import nn
 
 from .errors import FerplusError
+from .fileio import atomic_write
 from .models import create_model
 
 FORMAT = "ferplus-checkpoint-1"
+#: What a checkpoint (and an ONNX export's metadata) says about its network.
+INFO_KEYS = ("model", "mode", "epoch")
 
 PathLike = Union[str, os.PathLike]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-#: What ``open(path, "w")`` would give a new file under the process's umask.
-_DEFAULT_FILE_MODE = 0o666 & ~_umask()
-
-
-def atomic_write(path: PathLike, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
-
-    A reader (or a run killed midway) sees either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, _DEFAULT_FILE_MODE)  # mkstemp makes files private; give them the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-# An innermost list of numbers, as json.dumps(indent=2) spreads it over lines.
-_NUMBER_LIST = re.compile(r"\[\s+(-?[\d.eE+-]+(?:,\s+-?[\d.eE+-]+)*)\s+\]")
-
-
-def write_json(path: PathLike, payload: Dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON, atomically; lists of numbers (confusion-matrix rows,
-    say) stay on one line each so that the file reads as a table."""
-    text = json.dumps(payload, indent=2)
-    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 def save_checkpoint(path: PathLike, state: Dict[str, Any]) -> None:
@@ -87,6 +46,11 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise FerplusError(f"{path}: not a FER+ checkpoint (expected format {FORMAT})")
     return state
+
+
+def describe(state: Dict[str, Any]) -> Dict[str, Any]:
+    """What a checkpoint says about its network: ``model``, ``mode`` and ``epoch`` (as train.log numbers it), where recorded."""
+    return {key: state[key] for key in INFO_KEYS if key in state}
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:

@@ -23,23 +23,26 @@ import numpy as np
 import torch
 
 from .errors import FerplusError
-from .labels import EMOTIONS, EVAL_MODE, NUM_EMOTIONS, NUM_VOTES, majority_class, process_votes
-from .prepare import LABEL_FILE, USAGE_FOLDERS
+from .fer_format import (
+    EMOTIONS,
+    LABEL_BOX_COLUMN,
+    LABEL_FILE,
+    LABEL_FIRST_VOTE_COLUMN,
+    LABEL_NAME_COLUMN,
+    LABEL_NUM_COLUMNS,
+    NUM_EMOTIONS,
+    NUM_VOTES,
+    SPLIT_FOLDERS,
+)
+from .labels import EVAL_MODE, get_mode, majority_class, process_votes
 from .transforms import CROP_BLOCK, preprocess
 
-#: The prepared folder of each split inside the data folder (FER2013's Training, PublicTest, PrivateTest).
-SPLIT_FOLDERS = dict(zip(("train", "valid", "test"), USAGE_FOLDERS.values()))
-#: label.csv columns: image name, face box, then the votes.
-NAME_COLUMN, BOX_COLUMN, FIRST_VOTE_COLUMN = 0, 1, 2
-NUM_COLUMNS = FIRST_VOTE_COLUMN + NUM_VOTES
 _BOX_PATTERN = re.compile(r"^\s*\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)\s*$")
 _VOTE_PATTERN = re.compile(r"^\s*\d+\s*$")
 
 #: Images augmented and preprocessed per device call (one preprocessing block, so no copy);
 #: minibatches are sliced from such a chunk.
 CHUNK_IMAGES = CROP_BLOCK
-#: multi_target: every emotion with a share gets 1, the rest 0, then smoothed by this much.
-MULTI_TARGET_SMOOTHING = 0.001
 #: Heading of the summary table's first column.
 SPLIT_COLUMN_HEADER = "emotion"
 
@@ -62,18 +65,18 @@ class FerFolder:
 
 
 def _parse_line(row: list[str], where: str) -> tuple[str, tuple[int, ...], list[int]]:
-    if len(row) != NUM_COLUMNS:
-        raise FerplusError(f"{where}: expected {NUM_COLUMNS} columns (name, box, {NUM_VOTES} votes), got {len(row)}")
-    name = row[NAME_COLUMN].strip()
+    if len(row) != LABEL_NUM_COLUMNS:
+        raise FerplusError(f"{where}: expected {LABEL_NUM_COLUMNS} columns (name, box, {NUM_VOTES} votes), got {len(row)}")
+    name = row[LABEL_NAME_COLUMN].strip()
     if not name:
         raise FerplusError(f"{where}: empty image name")
-    box_match = _BOX_PATTERN.match(row[BOX_COLUMN])
+    box_match = _BOX_PATTERN.match(row[LABEL_BOX_COLUMN])
     if box_match is None:
-        raise FerplusError(f"{where}: face box {row[BOX_COLUMN]!r} is not '(left, top, right, bottom)'")
+        raise FerplusError(f"{where}: face box {row[LABEL_BOX_COLUMN]!r} is not '(left, top, right, bottom)'")
     left, top, right, bottom = box = tuple(int(v) for v in box_match.groups())
     if right <= left or bottom <= top:
         raise FerplusError(f"{where}: face box {box} is empty")
-    votes = row[FIRST_VOTE_COLUMN:]
+    votes = row[LABEL_FIRST_VOTE_COLUMN:]
     bad = [v for v in votes if not _VOTE_PATTERN.match(v)]
     if bad:
         raise FerplusError(f"{where}: vote counts must be non-negative integers, got {bad[0]!r}")
@@ -186,6 +189,7 @@ class TrainStream:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.loss_target = get_mode(mode).loss_target
         keep, targets, labels, self.class_counts = _kept(data, mode)
         self.mode = mode
         self.batch_size = batch_size
@@ -212,14 +216,6 @@ class TrainStream:
         )
         return order[self.rank::self.world_size][: self.shard_size]
 
-    def _loss_targets(self, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.mode == "probability":
-            drawn = torch.multinomial(targets, 1, generator=generator)
-            return torch.zeros_like(targets).scatter_(1, drawn, 1.0)
-        if self.mode == "multi_target":
-            return (1 - MULTI_TARGET_SMOOTHING) * (targets > 0).to(targets.dtype) + MULTI_TARGET_SMOOTHING
-        return targets  # majority, crossentropy: the distribution itself
-
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield ``(inputs (B,1,64,64) float32, loss_targets (B,8) float32, labels (B,) int64)``."""
         generator = _generator(self.device, self.seed, epoch, self.rank)
@@ -227,7 +223,7 @@ class TrainStream:
         for start in range(0, len(shard), self.chunk_size):
             index = shard[start:start + self.chunk_size]
             inputs = preprocess(self.images[index], self.boxes[index], augment=self.augment, generator=generator)
-            loss_targets = self._loss_targets(self.targets[index], generator)
+            loss_targets = self.loss_target(self.targets[index], generator)
             labels = self.labels[index]
             for b in range(0, len(index), self.batch_size):
                 batch = slice(b, b + self.batch_size)

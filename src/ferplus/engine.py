@@ -35,18 +35,20 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json
-from .data import SPLIT_FOLDERS, EvalSet, TrainStream, read_folder, summary_table
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import EvalSet, TrainStream, read_folder, summary_table
 from .errors import FerplusError
-from .labels import MODES
-from .losses import LossFn, loss_for_mode
-from .metrics import PERCENT, confusion_matrix, summarize
+from .fer_format import SPLIT_FOLDERS
+from .fileio import atomic_write, write_json
+from .labels import get_mode
+from .losses import LossFn
+from .metrics import PERCENT, summarize
 from .models import DEFAULT_MODEL, MODELS, create_model
 from .plots import plot_confusion_matrix, plot_training_curves
+from .runtime import EVAL_BATCH_SIZE, confusion_matrix, predict_scores, resolve_device
 
 #: (first epoch, factor of the base learning rate), epochs counted from 0.
 LR_SCHEDULE = ((20, 0.5), (40, 0.1))
-EVAL_BATCH_SIZE = 256
 #: Folder names of the reference trainer for a model; other models use their registry name.
 RUN_FOLDER_PREFIX = {"vgg13": "VGG13"}
 #: Mixed into the dropout seed so that it never equals a seed the data stream derives.
@@ -105,17 +107,6 @@ def default_output(base_folder: str, model: str, mode: str) -> Path:
     return Path(base_folder) / "models" / run_folder_name(model, mode)
 
 
-def resolve_device(name: str) -> torch.device:
-    """Turn ``auto``/``cpu``/``cuda`` into a device; asking for CUDA without a GPU is a :class:`FerplusError`."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FerplusError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
-    if name not in ("cpu", "cuda"):
-        raise FerplusError(f"--device {name}: choose auto, cpu or cuda")
-    return torch.device(name)
-
-
 def make_optimizer(model: nn.Module, lr: float, momentum: float) -> torch.optim.SGD:
     """Plain momentum SGD (``v = m·v + g; w −= lr·v``), as the recipe's unit-gain momentum SGD.
 
@@ -132,40 +123,19 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence((seed, epoch, rank, DROPOUT_SEED_TAG)).generate_state(1)[0])
 
 
-def predict_scores(model: nn.Module, inputs: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
-    """Raw scores ``(N, classes)`` float32 of preprocessed ``inputs``, in eval mode and without gradients.
-
-    The model's train/eval mode is restored afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        scores = [model(inputs[start:start + batch_size]).float() for start in range(0, len(inputs), batch_size)]
-    model.train(was_training)
-    if not scores:
-        return inputs.new_zeros((0, 0))
-    return torch.cat(scores)
-
-
 def evaluate(
     model: nn.Module, eval_set: EvalSet, batch_size: int = EVAL_BATCH_SIZE, rank: int = 0, world_size: int = 1
 ) -> np.ndarray:
     """The (8, 8) int64 confusion matrix of ``model`` on ``eval_set``, summed over all ranks.
 
-    Each rank scores its own shard; predictions reach the host once, at the end.
+    Each rank scores its own shard; the counts reach the host once, at the end.
     """
-    predictions, labels = [], []
-    for inputs, batch_labels in eval_set.batches(batch_size, rank, world_size):
-        predictions.append(predict_scores(model, inputs, batch_size).argmax(dim=1))
-        labels.append(batch_labels)
-    if labels:
-        confusion = confusion_matrix(torch.cat(labels).cpu().numpy(), torch.cat(predictions).cpu().numpy())
-    else:
-        confusion = confusion_matrix(np.zeros(0), np.zeros(0))
+    confusion = confusion_matrix(
+        lambda inputs: predict_scores(model, inputs, batch_size), eval_set.batches(batch_size, rank, world_size)
+    )
     if world_size > 1:
-        device = next(model.parameters()).device
-        confusion = distributed.all_reduce_sum(torch.from_numpy(confusion).to(device)).cpu().numpy()
-    return confusion
+        confusion = distributed.all_reduce_sum(confusion.to(next(model.parameters()).device))
+    return confusion.cpu().numpy()
 
 
 def train_one_epoch(
@@ -227,8 +197,10 @@ def _append(path: Path, text: str) -> None:
 
 
 def _check_config(config: TrainConfig) -> None:
-    if config.training_mode not in MODES:
-        raise FerplusError(f"unknown training mode {config.training_mode!r}; choose one of {', '.join(MODES)}")
+    try:
+        get_mode(config.training_mode)
+    except ValueError as e:
+        raise FerplusError(str(e)) from None
     if config.model not in MODELS:
         raise FerplusError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
     if config.max_epochs < 0 or config.batch_size < 1:
@@ -284,9 +256,9 @@ def _resume_state(config: TrainConfig, output: Path) -> Optional[Dict[str, Any]]
             f"{last_path}: the run was started with {started['world_size']} processes, "
             f"not {distributed.launched_world_size()}; resume with the same number"
         )
-    if state["epoch"] > config.max_epochs:
+    if len(state["history"]) > config.max_epochs:
         raise FerplusError(
-            f"{last_path}: already trained {state['epoch']} epochs, more than --max-epochs {config.max_epochs}"
+            f"{last_path}: already trained {len(state['history'])} epochs, more than --max-epochs {config.max_epochs}"
         )
     return state
 
@@ -376,7 +348,7 @@ def _train(
     model = raw_model
     if dist_info.enabled:
         model = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = loss_for_mode(mode)
+    loss_fn = get_mode(mode).loss
     if main:  # the log restarts from the checkpoint's history, so a resumed log reads as an uninterrupted one
         header = table + "\n" + "".join(format_epoch_line(record) + "\n" for record in history)
         atomic_write(log_path, lambda tmp: Path(tmp).write_text(header))
@@ -386,7 +358,7 @@ def _train(
             "model": config.model,
             "mode": mode,
             "model_state": raw_model.state_dict(),
-            "epoch": len(history),
+            "epoch": history[-1]["epoch"],  # the epoch these weights come from, as train.log numbers it
             "config": resolved,
             "optimizer_state": optimizer.state_dict(),
             "history": history,

@@ -8,32 +8,28 @@ from typing import Any, Dict, Optional, Union
 
 import numpy as np
 
-from .checkpoint import write_json
-from .data import SPLIT_FOLDERS, EvalSet, read_folder
-from .engine import EVAL_BATCH_SIZE
+from .data import EvalSet, read_folder
 from .errors import FerplusError
-from .inference import INFO_KEYS, Scorer, load_scorer
-from .metrics import PERCENT, confusion_matrix, format_confusion, summarize
-from .plots import plot_confusion_matrix
+from .fer_format import SPLIT_FOLDERS
+from .fileio import write_json
+from .metrics import PERCENT, format_confusion, summarize
+from .runtime import EVAL_BATCH_SIZE, confusion_matrix
+from .checkpoint import INFO_KEYS
+from .scorers import is_onnx, load_scorer
 
 PathLike = Union[str, os.PathLike]
 
 
-def result_paths(output: PathLike, split: str) -> Dict[str, Path]:
-    """Where an evaluation of ``split`` writes its files: ``eval_<split>.json`` and ``confusion_<split>.png``."""
+def result_paths(output: PathLike, model_path: PathLike, split: str) -> Dict[str, Path]:
+    """Where evaluating ``model_path`` on ``split`` writes: ``eval_<model>_<split>.json`` and ``.png``.
+
+    The names carry the model file's name (``best``, ``last``, ``best_onnx`` …), so evaluations
+    of different files sit side by side and never replace a run's own files.
+    """
+    model_path = Path(model_path)
+    stem = f"eval_{model_path.stem}{'_onnx' if is_onnx(model_path) else ''}_{split}"
     output = Path(output)
-    return {"json": output / f"eval_{split}.json", "png": output / f"confusion_{split}.png"}
-
-
-def scorer_confusion(scorer: Scorer, eval_set: EvalSet, batch_size: int) -> np.ndarray:
-    """The (8, 8) confusion matrix of a scorer (checkpoint or ONNX file) on ``eval_set``, batch by batch."""
-    predictions, labels = [], []
-    for inputs, batch_labels in eval_set.batches(batch_size):
-        predictions.append(scorer(inputs.cpu().numpy()).argmax(axis=1))
-        labels.append(batch_labels.cpu().numpy())
-    if not labels:
-        return confusion_matrix(np.zeros(0), np.zeros(0))
-    return confusion_matrix(np.concatenate(labels), np.concatenate(predictions))
+    return {"json": output / f"{stem}.json", "png": output / f"{stem}.png"}
 
 
 def evaluate_model_file(
@@ -46,9 +42,9 @@ def evaluate_model_file(
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint or ``.onnx`` file on a prepared split with majority labels.
 
-    Writes ``eval_<split>.json`` (the :func:`ferplus.metrics.summarize` figures plus what was
-    evaluated) and ``confusion_<split>.png`` to ``output`` (default: the model file's folder)
-    and returns the JSON's contents. ONNX files run with onnxruntime on the CPU.
+    Writes ``eval_<model>_<split>.json`` (the :func:`ferplus.metrics.summarize` figures plus
+    what was evaluated) and the confusion picture ``eval_<model>_<split>.png`` to ``output``
+    (default: the model file's folder; see :func:`result_paths`) and returns the JSON's contents. ONNX files run with onnxruntime on the CPU.
     """
     if split not in SPLIT_FOLDERS:
         raise FerplusError(f"--split {split}: choose one of {', '.join(SPLIT_FOLDERS)}")
@@ -61,10 +57,12 @@ def evaluate_model_file(
     # Load the model before the data: a wrong model path should fail fast.
     scorer, info = load_scorer(model_path, device)
     eval_set = EvalSet(read_folder(folder), info["device"])
-    confusion = scorer_confusion(scorer, eval_set, batch_size)
+    confusion = confusion_matrix(scorer, eval_set.batches(batch_size)).cpu().numpy()
     result: Dict[str, Any] = {**info, "split": split, "data_folder": str(folder), **summarize(confusion)}
-    paths = result_paths(output, split)
+    paths = result_paths(output, model_path, split)
     write_json(paths["json"], result)
+    from .plots import plot_confusion_matrix  # matplotlib is imported only to draw
+
     plot_confusion_matrix(confusion, paths["png"], title=_title(result))
     result["written"] = {kind: str(path) for kind, path in paths.items()}
     return result

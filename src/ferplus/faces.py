@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from .errors import FerplusError
-from .prepare import IMAGE_SIZE
+from .fer_format import IMAGE_SIZE
 from .transforms import preprocess
 
 PathLike = Union[str, os.PathLike]

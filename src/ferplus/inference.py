@@ -1,8 +1,8 @@
-"""Running a trained network on pictures: checkpoints and ONNX files alike, faces found in photos.
+"""Predicting the emotions of faces in photos: the work behind ``predict.py``.
 
-:func:`load_scorer` turns a checkpoint (``.pt``) or an exported ``.onnx`` file into the same
-kind of callable, preprocessed crops → raw scores, so evaluation and prediction need not care
-which one they were given. :func:`predict_images` is the work behind ``predict.py``.
+Faces are found and cropped by :mod:`ferplus.faces` and scored by a checkpoint or an ONNX
+file alike (:func:`ferplus.scorers.load_scorer`); results are printed, as text or JSON, and
+drawn onto copies of the images.
 """
 
 from __future__ import annotations
@@ -12,33 +12,27 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple, Union
 
 import cv2
 import numpy as np
 import torch
-from torch import nn
 
-from .checkpoint import atomic_write, load_model
-from .engine import EVAL_BATCH_SIZE, predict_scores, resolve_device
 from .errors import FerplusError
 from .faces import crop_faces, detect_faces, face_inputs, read_image, resize_face, to_gray
-from .labels import EMOTIONS
+from .fer_format import EMOTIONS
+from .fileio import atomic_write
 from .metrics import PERCENT
-from .onnx_export import OnnxModel
+from .runtime import ScoreFn
+from .scorers import load_scorer
 
 PathLike = Union[str, os.PathLike]
-#: Preprocessed crops float32 (N, 1, 64, 64) → raw scores float32 (N, 8).
-Scorer = Callable[[np.ndarray], np.ndarray]
 
-ONNX_SUFFIX = ".onnx"
 #: Files a folder argument contributes (case-insensitive); files named directly are always tried.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 #: Annotated copies keep their image's format when OpenCV can write it, else become PNG.
 ANNOTATE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 FALLBACK_SUFFIX = ".png"
-#: Metadata keys recorded in exported ONNX files and reported for checkpoints.
-INFO_KEYS = ("model", "mode", "epoch")
 
 # Annotation drawing, relative to the face box so labels stay legible on any photo size.
 BOX_COLOR = (0, 200, 0)  # BGR
@@ -47,48 +41,6 @@ LINE_FRACTION = 0.015  # line thickness as a share of the box side
 TEXT_FRACTION = 0.004  # font scale per pixel of box side
 MIN_FONT_SCALE = 0.4
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-
-
-class TorchScorer:
-    """A PyTorch network as a scorer: numpy crops in, numpy raw scores out, batch by batch."""
-
-    def __init__(self, model: nn.Module, device: Union[str, torch.device], batch_size: int = EVAL_BATCH_SIZE) -> None:
-        """Wrap ``model`` (already on ``device``); ``batch_size`` bounds memory on large inputs."""
-        self.model = model
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        """Raw scores float32 ``(N, 8)`` for preprocessed crops ``(N, 1, 64, 64)``."""
-        batch = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
-        return predict_scores(self.model, batch, self.batch_size).cpu().numpy()
-
-
-def is_onnx(path: PathLike) -> bool:
-    """Whether ``path`` names an exported ONNX model (by its suffix) rather than a checkpoint."""
-    return Path(path).suffix.lower() == ONNX_SUFFIX
-
-
-def load_scorer(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[Scorer, Dict[str, Any]]:
-    """Open a checkpoint or an ``.onnx`` file as a scorer.
-
-    Returns ``(scorer, info)``: ``info`` holds ``model_file``, ``format`` (``checkpoint`` or
-    ``onnx``), ``device`` (where the scorer runs) and, where recorded, ``model``, ``mode`` and
-    ``epoch``. ``device`` may be ``auto``/``cpu``/``cuda``; it is resolved for checkpoints only,
-    since ONNX files always run on the CPU with onnxruntime.
-    """
-    info: Dict[str, Any] = {"model_file": str(path)}
-    if is_onnx(path):
-        scorer: Scorer = OnnxModel(path)
-        recorded = scorer.metadata
-        info.update(format="onnx", device="cpu")
-    else:
-        device = resolve_device(device) if isinstance(device, str) else device
-        model, recorded = load_model(path, device)
-        scorer = TorchScorer(model, device)
-        info.update(format="checkpoint", device=str(device))
-    info.update({key: recorded[key] for key in INFO_KEYS if key in recorded})
-    return scorer, info
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -155,7 +107,7 @@ def find_images(paths: Sequence[PathLike]) -> List[ImageResult]:
     return found
 
 
-def predict_image(image: np.ndarray, scorer: Scorer, detect: bool = True) -> List[FacePrediction]:
+def predict_image(image: np.ndarray, scorer: ScoreFn, detect: bool = True) -> List[FacePrediction]:
     """Emotion probabilities for the faces in a BGR (or grayscale) image.
 
     With ``detect``, faces are found with the Haar cascade and cropped FER-style; without, the
@@ -171,7 +123,7 @@ def predict_image(image: np.ndarray, scorer: Scorer, detect: bool = True) -> Lis
         height, width = gray.shape
         boxes = np.array([[0, 0, width, height]], dtype=np.int64)
         crops = resize_face(gray)[None]
-    probabilities = softmax(scorer(face_inputs(crops)))
+    probabilities = softmax(scorer(torch.from_numpy(face_inputs(crops))).cpu().numpy())
     return [FacePrediction(tuple(int(v) for v in box), p) for box, p in zip(boxes, probabilities)]
 
 

@@ -1,24 +1,25 @@
-"""The FER+ label rules: how ten crowd votes become a training target, for each training mode.
+"""The FER+ label rules and the four training modes: how ten crowd votes become a training target.
 
 Votes are the ten counts of a ``label.csv`` line (or of ``fer2013new.csv``), in
 :data:`VOTE_CATEGORIES` order. Every mode first removes outliers (counts of at most one
 vote become zero), then picks some categories by its own rule, drops images whose pick is
 unusable or dominated by ``unknown``/``NF``, and keeps the picked emotions renormalised.
+:data:`MODES` holds one entry per mode: its rule, the target its loss sees, and the loss.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Dict
+
 import numpy as np
+import torch.nn.functional as F
 
-#: The eight emotions a network predicts, in output order.
-EMOTIONS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
-#: The ten vote columns of ``fer2013new.csv`` and ``label.csv``: the emotions, then two rejects.
-VOTE_CATEGORIES = EMOTIONS + ("unknown", "NF")
-NUM_EMOTIONS = len(EMOTIONS)
-NUM_VOTES = len(VOTE_CATEGORIES)
+from .fer_format import EMOTIONS, NUM_EMOTIONS, NUM_VOTES, VOTE_CATEGORIES
+from .losses import LossFn, TargetFn, distribution_target, drawn_target, multi_hot_target, multi_target_loss
 
-#: Training modes; validation and test always use ``majority`` labels.
-MODES = ("majority", "probability", "crossentropy", "multi_target")
+
+#: Validation and test always use ``majority`` labels, whatever the training mode.
 EVAL_MODE = "majority"
 
 OUTLIER_MAX_VOTES = 1  # a category with at most this many votes is treated as noise
@@ -27,13 +28,6 @@ DISTRIBUTION_TARGET_SHARE = 0.75  # crossentropy/probability: keep picking until
 DISTRIBUTION_MAX_PICKED = 3  # ... or this many categories are picked
 MULTI_TARGET_SHARE = 0.3  # multi_target: every category with at least this share is a target
 MIN_PICKED_SHARE = 0.5  # the picked votes must hold more than this share, else the image is dropped
-
-
-def check_mode(mode: str) -> str:
-    """Return ``mode`` if it is a known training mode, else raise ``ValueError`` naming the choices."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    return mode
 
 
 def _pick_majority(votes: np.ndarray, total: np.ndarray) -> np.ndarray:
@@ -92,12 +86,37 @@ def _pick_multi_target(votes: np.ndarray, total: np.ndarray) -> np.ndarray:
     return np.where(votes >= MULTI_TARGET_SHARE * total[:, None], votes, 0)
 
 
-_PICKERS = {
-    "majority": _pick_majority,
-    "probability": _pick_distribution,
-    "crossentropy": _pick_distribution,
-    "multi_target": _pick_multi_target,
+#: A label rule: (outlier-free votes (N, 10), their totals (N,)) → the picked votes (N, 10).
+PickFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One training mode: which votes become the target, what the loss sees of it, and the loss."""
+
+    name: str
+    pick: PickFn
+    loss_target: TargetFn
+    loss: LossFn
+
+
+#: The training modes by name, in the paper's order.
+MODES: Dict[str, Mode] = {
+    mode.name: mode
+    for mode in (
+        Mode("majority", _pick_majority, distribution_target, F.cross_entropy),
+        Mode("probability", _pick_distribution, drawn_target, F.cross_entropy),
+        Mode("crossentropy", _pick_distribution, distribution_target, F.cross_entropy),
+        Mode("multi_target", _pick_multi_target, multi_hot_target, multi_target_loss),
+    )
 }
+
+
+def get_mode(name: str) -> Mode:
+    """The entry of training mode ``name``; ``ValueError`` naming the choices for an unknown one."""
+    if name not in MODES:
+        raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}")
+    return MODES[name]
 
 
 def process_votes(votes: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +130,7 @@ def process_votes(votes: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]
         ``(targets, keep)``: ``targets`` float32 ``(N, 8)``, each kept row summing to one and
         dropped rows all zero; ``keep`` bool ``(N,)``, False for images the mode drops.
     """
-    check_mode(mode)
+    pick = get_mode(mode).pick
     votes = np.asarray(votes)
     if votes.ndim != 2 or votes.shape[1] != NUM_VOTES:
         raise ValueError(f"votes must have shape (N, {NUM_VOTES}), got {votes.shape}")
@@ -123,7 +142,7 @@ def process_votes(votes: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]
 
     votes = np.where(votes <= OUTLIER_MAX_VOTES, 0, votes)
     total = votes.sum(axis=1)
-    picked = _PICKERS[mode](votes, total)
+    picked = pick(votes, total)
     picked_total = picked.sum(axis=1)
     keep = (picked_total > MIN_PICKED_SHARE * total) & (picked_total > 0)
     # An image whose strongest pick is unknown/NF (ties go to the earlier category) is dropped.

@@ -1,4 +1,4 @@
-"""Classification metrics over the eight emotions: confusion matrices and what they summarise to."""
+"""Classification metrics over the eight emotions: what a confusion matrix summarises to, and its table."""
 
 from __future__ import annotations
 
@@ -6,16 +6,9 @@ from typing import Any, Dict
 
 import numpy as np
 
-from .labels import EMOTIONS, NUM_EMOTIONS
+from .fer_format import EMOTIONS, NUM_EMOTIONS
 
 PERCENT = 100.0  # fractions are stored, percentages shown
-
-
-def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int = NUM_EMOTIONS) -> np.ndarray:
-    """Counts ``(num_classes, num_classes)`` int64: rows are true classes, columns predicted ones."""
-    true = np.asarray(true, dtype=np.int64).ravel()
-    pred = np.asarray(pred, dtype=np.int64).ravel()
-    return np.bincount(true * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def summarize(confusion: np.ndarray) -> Dict[str, Any]:
@@ -37,9 +30,9 @@ def summarize(confusion: np.ndarray) -> Dict[str, Any]:
 def format_confusion(confusion: np.ndarray) -> str:
     """A plain-text table of the matrix (rows true, columns predicted) with per-class accuracy."""
     confusion = np.asarray(confusion, dtype=np.int64)
-    width = max(9, len(str(int(confusion.max(initial=0)))) + 1)
-    short = [name[:width - 1] for name in EMOTIONS]
-    lines = ["true \\ pred".ljust(12) + "".join(s.rjust(width) for s in short) + "  accuracy".rjust(10)]
+    # Columns wide enough for every class name and count: a table never truncates a name.
+    width = max(len(str(int(confusion.max(initial=0)))), *map(len, EMOTIONS)) + 2
+    lines = ["true \\ pred".ljust(12) + "".join(name.rjust(width) for name in EMOTIONS) + "  accuracy".rjust(10)]
     for i, name in enumerate(EMOTIONS):
         row_total = confusion[i].sum()
         acc = f"{100 * confusion[i, i] / row_total:.2f}%" if row_total else "-"

@@ -7,9 +7,9 @@ from typing import Callable, Dict, Sequence
 import torch
 from torch import nn
 
-from .labels import NUM_EMOTIONS
+from .fer_format import CROP_SIZE, NUM_EMOTIONS
 
-INPUT_SIZE = 64  # every model takes (N, 1, INPUT_SIZE, INPUT_SIZE) preprocessed crops
+INPUT_SIZE = CROP_SIZE  # every model takes (N, 1, INPUT_SIZE, INPUT_SIZE) preprocessed crops
 
 
 class VGG13(nn.Module):

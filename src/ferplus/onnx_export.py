@@ -19,68 +19,29 @@ from typing import Dict, Mapping, Optional, Union
 
 import numpy as np
 import onnx
-import onnxruntime
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write
+from .fileio import atomic_write
 from .errors import FerplusError
-from .labels import NUM_EMOTIONS
-from .models import INPUT_SIZE
+from .fer_format import CROP_SIZE, NUM_EMOTIONS
+from .fileio import atomic_write
+from .scorers import INPUT_NAME, OUTPUT_NAME, OnnxModel
 
 PathLike = Union[str, os.PathLike]
 
-#: Tensor names of the Model Zoo's emotion-ferplus model, so an export drops into the same code.
-INPUT_NAME = "Input3"
-OUTPUT_NAME = "Plus692_Output_0"
 BATCH_AXIS_NAME = "N"
 OPSET = 17  # supported by every onnxruntime from 1.12 on and by the legacy exporter of torch 2.1+
 #: onnxruntime's float32 kernels differ from PyTorch's by rounding only; more means a broken graph.
 MAX_ABS_DIFF = 1e-4
 DEFAULT_VERIFY_BATCH = 8
 VERIFY_SEED = 0
-ORT_LOG_FATAL_ONLY = 4
-
-
-class OnnxModel:
-    """An exported model run by onnxruntime on the CPU, callable like a scorer: crops → raw scores."""
-
-    def __init__(self, path: PathLike) -> None:
-        """Open ``path`` in an onnxruntime session; an unreadable or foreign file is a :class:`FerplusError`."""
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FerplusError(f"{self.path}: no such ONNX file")
-        try:
-            options = onnxruntime.SessionOptions()
-            options.log_severity_level = ORT_LOG_FATAL_ONLY  # failures surface as exceptions, not log lines
-            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own untyped errors for bad files
-            raise FerplusError(f"{self.path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-        inputs = [i.name for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
-        if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
-            raise FerplusError(
-                f"{self.path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
-                f"found inputs {inputs} and outputs {outputs}"
-            )
-        #: What the exporter recorded about the network (``model``, ``mode``, ``epoch``), if anything;
-        #: ONNX stores strings, so whole numbers are turned back into ints.
-        self.metadata: Dict[str, Union[str, int]] = {
-            key: int(value) if value.isdigit() else value
-            for key, value in self.session.get_modelmeta().custom_metadata_map.items()
-        }
-
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        """Raw scores float32 ``(N, 8)`` for preprocessed crops ``(N, 1, 64, 64)``."""
-        batch = np.ascontiguousarray(inputs, dtype=np.float32)
-        (scores,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-        return scores
 
 
 def _verify_batch(size: int) -> torch.Tensor:
     """A fixed batch with the statistics of preprocessed crops (zero mean, unit RMS)."""
     generator = torch.Generator().manual_seed(VERIFY_SEED)
-    return torch.randn(size, 1, INPUT_SIZE, INPUT_SIZE, generator=generator)
+    return torch.randn(size, 1, CROP_SIZE, CROP_SIZE, generator=generator)
 
 
 def verify_onnx(path: PathLike, model: nn.Module, inputs: torch.Tensor, name: Optional[PathLike] = None) -> float:
@@ -104,7 +65,7 @@ def verify_onnx(path: PathLike, model: nn.Module, inputs: torch.Tensor, name: Op
         with torch.no_grad():
             expected = model(batch).float().cpu().numpy()
         try:
-            got = session(batch.cpu().numpy())
+            got = session(batch).numpy()
         except Exception as e:  # onnxruntime's runtime errors have no public base class
             message = f"{name}: onnxruntime cannot run the export on a batch of {len(batch)}: {e}"
             raise FerplusError(message, exit_code=1) from None

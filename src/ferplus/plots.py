@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .checkpoint import atomic_write
+from .fileio import atomic_write
 from .labels import EMOTIONS
 from .metrics import PERCENT
 

@@ -42,27 +42,23 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import FerplusError
-from .labels import VOTE_CATEGORIES
+from .fer_format import (
+    FER_HEADER,
+    FERPLUS_HEADER,
+    IMAGE_SIZE,
+    LABEL_FILE,
+    MAX_PIXEL,
+    NAME_COLUMN,
+    NUM_PIXELS,
+    PIXELS_COLUMN,
+    USAGE_COLUMN,
+    USAGE_FOLDERS,
+    VOTE_CATEGORIES,
+    label_line,
+)
 
 PathLike = Union[str, os.PathLike]
 
-IMAGE_SIZE = 48  # FER2013 faces are 48×48 grayscale
-NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
-MAX_PIXEL = 255
-#: The face box written to label.csv: FER2013 faces are already cropped, so the box is the whole image.
-FACE_BOX = (0, 0, IMAGE_SIZE, IMAGE_SIZE)
-
-#: ``Usage`` value → output folder, in output order.
-USAGE_FOLDERS = {"Training": "FER2013Train", "PublicTest": "FER2013Valid", "PrivateTest": "FER2013Test"}
-LABEL_FILE = "label.csv"
-
-# fer2013.csv columns this module reads (its ``emotion`` column is FER's old label and unused).
-PIXELS_COLUMN = "pixels"
-USAGE_COLUMN = "Usage"
-FER_HEADER = "emotion,pixels,Usage"
-# fer2013new.csv columns.
-NAME_COLUMN = "Image name"
-FERPLUS_HEADER = ",".join((USAGE_COLUMN, NAME_COLUMN) + VOTE_CATEGORIES)
 # A header with none of a file's own columns (Usage is in both) is the wrong file, not a damaged one.
 FER_OWN_COLUMNS = ("emotion", PIXELS_COLUMN)
 FERPLUS_OWN_COLUMNS = (NAME_COLUMN,) + VOTE_CATEGORIES
@@ -415,11 +411,6 @@ def _plan_outputs(labels: _Labels) -> Tuple[Dict[str, List[int]], Dict[str, Dict
     return plan, summary
 
 
-def _label_line(name: str, votes: Sequence[int]) -> str:
-    box = ", ".join(map(str, FACE_BOX))
-    return f'{name},"({box})",{",".join(map(str, votes))}\n'
-
-
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -471,7 +462,7 @@ def _write_splits(
                 _write_pngs(out, [labels.names[r] for r in part], images[part])
                 bar.update(len(part))
             with open(out / LABEL_FILE, "w", newline="\n", encoding="utf-8") as f:
-                f.writelines(_label_line(labels.names[r], labels.votes[r]) for r in rows)
+                f.writelines(label_line(labels.names[r], labels.votes[r]) for r in rows)
 
 
 def _move_into_place(staging: Path, base: Path) -> None:

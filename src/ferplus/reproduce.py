@@ -16,9 +16,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from .fileio import atomic_write
 from .engine import LAST_CHECKPOINT, RESULTS_FILE, TrainConfig, run_folder_name, train
 from .errors import FerplusError
+from .fer_format import LABEL_FILE, SPLIT_FOLDERS
 from .labels import MODES
 from .metrics import PERCENT
 
@@ -29,6 +30,8 @@ PAPER_RESULTS = {
     "probability": (84.986, 0.366, 5),
     "crossentropy": (84.716, 0.239, 5),
 }
+#: Images in the prepared FER+ training split of the full data.
+FERPLUS_TRAIN_IMAGES = 28_558
 CSV_FILE = "reproduce.csv"
 MARKDOWN_FILE = "reproduce.md"
 CSV_COLUMNS = ("mode", "runs", "mean_test_accuracy", "std_test_accuracy", "paper_mean", "paper_std", "paper_runs")
@@ -61,7 +64,8 @@ def summarize_runs(accuracies: Dict[str, List[float]]) -> List[dict]:
             "mode": mode,
             "runs": len(values_pct),
             "mean_test_accuracy": float(values_pct.mean()),
-            "std_test_accuracy": float(values_pct.std(ddof=1)) if len(values_pct) > 1 else 0.0,
+            # One run has no spread to report: None, not a misleading 0.
+            "std_test_accuracy": float(values_pct.std(ddof=1)) if len(values_pct) > 1 else None,
             "paper_mean": paper_mean,
             "paper_std": paper_std,
             "paper_runs": paper_runs,
@@ -76,25 +80,52 @@ def format_csv(rows: Sequence[dict]) -> str:
     writer.writerow(CSV_COLUMNS)
     for row in rows:
         writer.writerow([
-            row["mode"], row["runs"], f"{row['mean_test_accuracy']:.3f}", f"{row['std_test_accuracy']:.3f}",
+            row["mode"], row["runs"], f"{row['mean_test_accuracy']:.3f}", _optional(row["std_test_accuracy"]),
             f"{row['paper_mean']:.3f}", f"{row['paper_std']:.3f}", row["paper_runs"],
         ])
     return out.getvalue()
 
 
-def format_markdown(rows: Sequence[dict], runs: Dict[str, Dict[int, float]], model: str, epochs: int) -> str:
+def _optional(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _data_line(base_folder: str, train_images: int) -> str:
+    """Which data the runs trained on, with a warning when it is not the full FER+ training split."""
+    line = f"Data: `{base_folder}`, {train_images:,} training images."
+    if train_images != FERPLUS_TRAIN_IMAGES:
+        line += (
+            f" **Not the full FER+ training split ({FERPLUS_TRAIN_IMAGES:,} images): the synthetic sample or a"
+            " subset, so these figures are not comparable with the paper's.**"
+        )
+    return line
+
+
+def _train_images(base_folder: str) -> int:
+    """Images listed in the training split's label.csv (one non-blank line each)."""
+    label_path = Path(base_folder) / SPLIT_FOLDERS["train"] / LABEL_FILE
+    return sum(1 for line in label_path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def format_markdown(
+    rows: Sequence[dict], runs: Dict[str, Dict[int, float]], model: str, epochs: int, data_line: str = ""
+) -> str:
     """The summary as a Markdown table beside the paper's figures, then every run's accuracy."""
+    total = sum(len(by_seed) for by_seed in runs.values())
     lines = [
-        f"# FER+ reproduction: {model}, {epochs} epochs",
+        f"# FER+ reproduction: {model}, {epochs} epochs, {total} run{'s' if total != 1 else ''}",
         "",
-        "Test accuracy (%) at the best validation epoch: mean ± sample standard deviation over runs.",
+        *([data_line, ""] if data_line else []),
+        "Test accuracy (%) at the best validation epoch: mean ± sample standard deviation over runs"
+        " (the mean alone for a single run).",
         "",
         "| mode | runs | this toolkit | paper | paper runs |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
+        spread = f" ± {row['std_test_accuracy']:.3f}" if row["std_test_accuracy"] is not None else ""
         lines.append(
-            f"| {row['mode']} | {row['runs']} | {row['mean_test_accuracy']:.3f} ± {row['std_test_accuracy']:.3f} "
+            f"| {row['mode']} | {row['runs']} | {row['mean_test_accuracy']:.3f}{spread} "
             f"| {row['paper_mean']:.3f} ± {row['paper_std']:.3f} | {row['paper_runs']} |"
         )
     lines += ["", "| mode | seed | test accuracy (%) |", "| --- | ---: | ---: |"]
@@ -133,7 +164,7 @@ def reproduce(
                 print(f"== {folder.name}: finished earlier, skipped", flush=True)
             runs[mode][seed] = results["test_accuracy"]
     rows = summarize_runs({mode: list(by_seed.values()) for mode, by_seed in runs.items()})
-    markdown = format_markdown(rows, runs, model, max_epochs)
+    markdown = format_markdown(rows, runs, model, max_epochs, _data_line(base_folder, _train_images(base_folder)))
     atomic_write(root / CSV_FILE, lambda tmp: Path(tmp).write_text(format_csv(rows)))
     atomic_write(root / MARKDOWN_FILE, lambda tmp: Path(tmp).write_text(markdown))
     print(markdown, flush=True)

@@ -23,12 +23,20 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from .errors import FerplusError, run_cli
-from .labels import EMOTIONS, NUM_EMOTIONS, NUM_VOTES, VOTE_CATEGORIES
-from .prepare import FER_HEADER, FERPLUS_HEADER, IMAGE_SIZE, USAGE_FOLDERS
+from .fer_format import (
+    EMOTIONS,
+    FER_HEADER,
+    FERPLUS_HEADER,
+    IMAGE_SIZE,
+    NUM_EMOTIONS,
+    NUM_TAGGERS,
+    NUM_VOTES,
+    USAGE_FOLDERS,
+    VOTE_CATEGORIES,
+)
 
 FER_CSV = "fer2013.csv"
 FERPLUS_CSV = "fer2013new.csv"
-NUM_TAGGERS = 10  # votes per row, as in FER+
 #: Rows per split by default: enough for the small models to learn visibly within ten epochs.
 DEFAULT_PER_SPLIT = 1000
 #: FER2013's own ``emotion`` codes for the FER+ emotions it has (it has no contempt).

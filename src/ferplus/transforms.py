@@ -19,8 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .fer_format import CROP_SIZE
+
 #: Side of the square crop the networks see.
-OUTPUT_SIZE = 64
+OUTPUT_SIZE = CROP_SIZE
 #: The crop is centred on this output coordinate (before the random shift).
 OUTPUT_CENTRE = OUTPUT_SIZE // 2
 #: Output pixels span ``OUTPUT_SIZE - 1`` steps; a box of ``h`` rows spans ``h - 1`` steps.

@@ -1,0 +1,50 @@
+"""``ferplus-export`` / ``export_onnx.py``: a checkpoint to ONNX, ``RUN/best.pt model.onnx``.
+
+The file has the ONNX Model Zoo "emotion-ferplus" interface: input ``Input3`` float32
+``(N, 1, 64, 64)`` preprocessed crops (dynamic N), output ``Plus692_Output_0`` ``(N, 8)``
+raw scores in the order neutral, happiness, surprise, sadness, anger, disgust, fear, contempt.
+It is checked with the ONNX checker and compared with PyTorch before it is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from ..checkpoint import describe, load_model
+from ..errors import FerplusError, run_cli
+from ..onnx_export import DEFAULT_VERIFY_BATCH, MAX_ABS_DIFF, export_onnx
+from ..scorers import INPUT_NAME, OUTPUT_NAME
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command line of ``export_onnx.py``."""
+    parser = argparse.ArgumentParser(
+        prog="export_onnx.py",
+        description="Export a checkpoint to ONNX (Model Zoo emotion-ferplus interface), checked with onnxruntime.",
+    )
+    parser.add_argument("checkpoint", help="checkpoint to export (best.pt, last.pt)")
+    parser.add_argument("output", help="the .onnx file to write")
+    parser.add_argument(
+        "--verify-batch", "--verify_batch", dest="verify_batch", type=int, default=DEFAULT_VERIFY_BATCH,
+        help="crops compared between PyTorch and onnxruntime",
+    )
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    """Export, verify and report."""
+    if args.verify_batch < 1:
+        raise FerplusError(f"--verify-batch {args.verify_batch}: compare at least one crop")
+    model, state = load_model(args.checkpoint, "cpu")
+    result = export_onnx(model, args.output, verify_batch=args.verify_batch, metadata=describe(state))
+    print(f"wrote {args.output}: input {INPUT_NAME} float32 [N, 1, 64, 64], output {OUTPUT_NAME} [N, 8] raw scores")
+    print(
+        f"verified with onnxruntime on {result['verify_batch']} crops: "
+        f"max abs difference to PyTorch {result['max_abs_diff']:.3g} (limit {MAX_ABS_DIFF:g})"
+    )
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` (default: the process's arguments), export, and return the exit status."""
+    return run_cli(main, get_args_parser(), argv)

@@ -1,0 +1,49 @@
+"""``ferplus-reproduce`` / ``reproduce.py``: the paper's table, ``-d DATA --seeds 5``.
+
+Trains every mode with every seed under ``DATA/models/reproduce/`` (finished runs are
+skipped, interrupted ones resumed), then writes ``reproduce.md`` and ``reproduce.csv`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from ..errors import FerplusError, run_cli
+from ..labels import MODES
+from ..models import DEFAULT_MODEL, MODELS
+from ..reproduce import reproduce
+from .common import add_data_folder, add_device
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The command line of ``reproduce.py``."""
+    parser = argparse.ArgumentParser(
+        prog="reproduce.py", description="Train every mode with several seeds and tabulate the test accuracy."
+    )
+    add_data_folder(parser)
+    parser.add_argument("--seeds", type=int, default=5, help="runs per mode (seeds 0 … N−1)")
+    parser.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES), help="modes to train")
+    parser.add_argument(
+        "-e", "--max-epochs", "--max_epochs", dest="max_epochs", type=int, default=100, help="epochs per run"
+    )
+    parser.add_argument("--model", choices=tuple(MODELS), default=DEFAULT_MODEL, help="network from the model registry")
+    add_device(parser, "auto", "where to train")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    parser.add_argument("--output", default=None, help="folder of the runs and tables (default DATA/models/reproduce)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    """Run the reproduction as the parsed arguments say."""
+    if args.seeds < 1 or args.max_epochs < 1:
+        raise FerplusError("--seeds and --max-epochs must be at least 1")
+    reproduce(
+        args.base_folder, seeds=args.seeds, modes=args.modes, max_epochs=args.max_epochs, model=args.model,
+        device=args.device, output=args.output, amp=args.amp,
+    )
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` (default: the process's arguments), reproduce, and return the exit status."""
+    return run_cli(main, get_args_parser(), argv)

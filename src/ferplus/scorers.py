@@ -1,0 +1,106 @@
+"""Trained networks as scorers: a checkpoint (``.pt``) or an exported ``.onnx`` file, used alike.
+
+A scorer maps preprocessed crops ``(N, 1, 64, 64)`` to raw scores ``(N, 8)`` (torch tensors),
+so evaluation and prediction need not care which kind of file they were given. onnxruntime is
+imported only when an ONNX file is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import describe, load_model
+from .errors import FerplusError
+from .runtime import EVAL_BATCH_SIZE, ScoreFn, predict_scores, resolve_device
+
+PathLike = Union[str, os.PathLike]
+
+ONNX_SUFFIX = ".onnx"
+#: Tensor names of the ONNX Model Zoo's emotion-ferplus model, so an export drops into the same code.
+INPUT_NAME = "Input3"
+OUTPUT_NAME = "Plus692_Output_0"
+ORT_LOG_FATAL_ONLY = 4
+
+
+class TorchScorer:
+    """A PyTorch network as a scorer, batch by batch on its device."""
+
+    def __init__(self, model: nn.Module, device: Union[str, torch.device], batch_size: int = EVAL_BATCH_SIZE) -> None:
+        """Wrap ``model`` (already on ``device``); ``batch_size`` bounds memory on large inputs."""
+        self.model = model
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Raw scores float32 ``(N, 8)`` on the scorer's device for preprocessed crops ``(N, 1, 64, 64)``."""
+        return predict_scores(self.model, inputs.to(self.device), self.batch_size)
+
+
+class OnnxModel:
+    """An exported model run by onnxruntime on the CPU, as a scorer."""
+
+    def __init__(self, path: PathLike) -> None:
+        """Open ``path`` in an onnxruntime session; an unreadable or foreign file is a :class:`FerplusError`."""
+        import onnxruntime  # only ONNX users pay for importing it
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FerplusError(f"{self.path}: no such ONNX file")
+        try:
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = ORT_LOG_FATAL_ONLY  # failures surface as exceptions, not log lines
+            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own untyped errors for bad files
+            raise FerplusError(f"{self.path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
+            raise FerplusError(
+                f"{self.path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
+                f"found inputs {inputs} and outputs {outputs}"
+            )
+        #: What the exporter recorded about the network (``model``, ``mode``, ``epoch``), if anything;
+        #: ONNX stores strings, so whole numbers are turned back into ints.
+        self.metadata: Dict[str, Union[str, int]] = {
+            key: int(value) if value.isdigit() else value
+            for key, value in self.session.get_modelmeta().custom_metadata_map.items()
+        }
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Raw scores float32 ``(N, 8)`` on the CPU for preprocessed crops ``(N, 1, 64, 64)``."""
+        batch = np.ascontiguousarray(inputs.detach().cpu().numpy(), dtype=np.float32)
+        (scores,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        return torch.from_numpy(scores)
+
+
+def is_onnx(path: PathLike) -> bool:
+    """Whether ``path`` names an exported ONNX model (by its suffix) rather than a checkpoint."""
+    return Path(path).suffix.lower() == ONNX_SUFFIX
+
+
+def load_scorer(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[ScoreFn, Dict[str, Any]]:
+    """Open a checkpoint or an ``.onnx`` file as a scorer.
+
+    Returns ``(scorer, info)``: ``info`` holds ``model_file``, ``format`` (``checkpoint`` or
+    ``onnx``), ``device`` (where the scorer runs) and, where recorded, ``model``, ``mode`` and
+    ``epoch``. ``device`` may be ``auto``/``cpu``/``cuda``; it is resolved for checkpoints only,
+    since ONNX files always run on the CPU with onnxruntime.
+    """
+    info: Dict[str, Any] = {"model_file": str(path)}
+    if is_onnx(path):
+        scorer: ScoreFn = OnnxModel(path)
+        recorded = scorer.metadata
+        info.update(format="onnx", device="cpu")
+    else:
+        device = resolve_device(device) if isinstance(device, str) else device
+        model, recorded = load_model(path, device)
+        scorer = TorchScorer(model, device)
+        info.update(format="checkpoint", device=str(device))
+    info.update(describe(recorded))
+    return scorer, info

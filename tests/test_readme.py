@@ -1,0 +1,48 @@
+"""The README's quick start runs as written, on a clean folder, and the model it trains learns."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quick_start_commands() -> list[str]:
+    """The commands of the README's "Quick start" code block, in order."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "the quick start has no bash block"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_quick_start_is_two_python_commands():
+    commands = quick_start_commands()
+    assert len(commands) == 2 and all(c.startswith("python ") for c in commands)
+
+
+@pytest.mark.slow
+def test_quick_start_runs_and_learns(tmp_path: Path):
+    for command in quick_start_commands():
+        argv = shlex.split(command)
+        # `python X.py …` from the repository's root, with this interpreter, in a fresh folder.
+        argv = [sys.executable, str(ROOT / argv[1]), *argv[2:]]
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # this checkout's package, installed or not
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, done.stderr
+    run = tmp_path / "data" / "models" / "vgg13_tiny_probability"
+    results = json.loads((run / "results.json").read_text())
+    accuracies = [record["val_accuracy"] for record in results["history"]]
+    # The README promises a run that learns: well above chance (~13 %) and above its first epoch.
+    assert results["best_val_accuracy"] >= 0.35 and max(accuracies) > accuracies[0]
+    # The README's next examples use this run's checkpoint.
+    readme = (ROOT / "README.md").read_text()
+    assert "data/models/vgg13_tiny_probability/best.pt" in readme and (run / "best.pt").is_file()
