@@ -45,3 +45,14 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = root / "data"
     generate_training_data(base, fer_csv, ferplus_csv, progress=False)
     return base
+
+
+@pytest.fixture(scope="session")
+def torchvision():
+    """torchvision, a test-only extra; skips the test where it is absent or does not load beside
+    the installed torch (PyPI's CUDA-linked torchvision beside a CPU torch fails with a RuntimeError)."""
+    try:
+        import torchvision
+    except Exception as e:  # any failure to load means "not usable here"
+        pytest.skip(f"torchvision not usable: {type(e).__name__}: {e}")
+    return torchvision
