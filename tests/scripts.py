@@ -12,6 +12,7 @@ SCRIPT_MODULES = {
     "predict": "predict",
     "export_onnx": "export",
     "reproduce": "reproduce",
+    "export_labels": "export_labels",
 }
 
 

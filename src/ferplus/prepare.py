@@ -36,7 +36,7 @@ import zlib
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -50,6 +50,7 @@ from .fer_format import (
     MAX_PIXEL,
     NAME_COLUMN,
     NUM_PIXELS,
+    NUM_VOTES,
     PIXELS_COLUMN,
     USAGE_COLUMN,
     USAGE_FOLDERS,
@@ -95,6 +96,15 @@ class _Labels:
     lines: List[int] = field(default_factory=list)  # physical line of each row, for messages
 
 
+class SplitData(NamedTuple):
+    """The images of one split read from the CSV pair: ``names``, ``votes`` int64 ``(N, 10)``,
+    ``images`` uint8 ``(N, 48, 48)``."""
+
+    names: List[str]
+    votes: np.ndarray
+    images: np.ndarray
+
+
 @dataclass
 class _ChunkResult:
     """What a worker parsed from one byte range of ``fer2013.csv``."""
@@ -135,34 +145,30 @@ def generate_training_data(
         FerplusError: a file is missing or malformed, or the two files disagree; nothing has
             been written then.
     """
-    fer_path, ferplus_path, base = Path(fer_path), Path(ferplus_path), Path(base_folder)
-    for path in (fer_path, ferplus_path):
-        if not path.is_file():
-            raise FerplusError(f"{path}: no such file")
-    header_end, pixels_index, usage_index, num_columns = _read_fer_header(fer_path)
-    size = fer_path.stat().st_size
-    if workers is None:
-        workers = _cpu_count() if size >= POOL_MIN_BYTES else 1
-    ranges = _chunk_ranges(fer_path, header_end, size, workers)
-    tasks = [(str(fer_path), start, end, num_columns, pixels_index, usage_index) for start, end in ranges]
-
-    with _executor(workers) as pool:
-        # The pool parses fer2013.csv while this process reads the (small) label file.
-        parsed = _map(pool, _parse_chunk, tasks)
-        labels = _read_ferplus(ferplus_path)
-        usages, images = _collect_chunks(parsed, ranges, fer_path, progress)
-    _check_rows_agree(labels, usages, fer_path, ferplus_path)
-    plan, summary = _plan_outputs(labels)
-
+    base = Path(base_folder)
+    splits, summary = _read_csv_pair(Path(fer_path), Path(ferplus_path), progress, workers)
     base.mkdir(parents=True, exist_ok=True)
     _remove_dead_staging(base)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=base))
     try:
-        _write_splits(staging, plan, labels, images, progress)
+        _write_splits(staging, splits, progress)
         _move_into_place(staging, base)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summary
+
+
+def read_splits(
+    fer_path: PathLike, ferplus_path: PathLike, progress: bool = False, *, workers: Optional[int] = None
+) -> Dict[str, SplitData]:
+    """What :func:`generate_training_data` would write, in memory and without writing anything.
+
+    Returns, per split folder in :data:`USAGE_FOLDERS` order, the :class:`SplitData` of the
+    images that folder would hold (same rows, same order, duplicates written once). The files are
+    validated exactly as for :func:`generate_training_data` (same ``FerplusError`` messages);
+    ``fer_path`` may also be Kaggle's ``icml_face_data.csv`` (columns ``emotion, Usage, pixels``).
+    """
+    return _read_csv_pair(Path(fer_path), Path(ferplus_path), progress, workers)[0]
 
 
 def format_summary(summary: Dict[str, Dict[str, Any]]) -> str:
@@ -185,6 +191,38 @@ def format_summary(summary: Dict[str, Dict[str, Any]]) -> str:
 
 def _split_header(text: str) -> List[str]:
     return [name.strip().strip('"') for name in text.split(",")]
+
+
+def _read_csv_pair(
+    fer_path: Path, ferplus_path: Path, progress: bool, workers: Optional[int]
+) -> Tuple[Dict[str, SplitData], Dict[str, Dict[str, Any]]]:
+    """Validate both files completely; returns the splits and :func:`generate_training_data`'s summary."""
+    for path in (fer_path, ferplus_path):
+        if not path.is_file():
+            raise FerplusError(f"{path}: no such file")
+    header_end, pixels_index, usage_index, num_columns = _read_fer_header(fer_path)
+    size = fer_path.stat().st_size
+    if workers is None:
+        workers = _cpu_count() if size >= POOL_MIN_BYTES else 1
+    ranges = _chunk_ranges(fer_path, header_end, size, workers)
+    tasks = [(str(fer_path), start, end, num_columns, pixels_index, usage_index) for start, end in ranges]
+
+    with _executor(workers) as pool:
+        # The pool parses fer2013.csv while this process reads the (small) label file.
+        parsed = _map(pool, _parse_chunk, tasks)
+        labels = _read_ferplus(ferplus_path)
+        usages, images = _collect_chunks(parsed, ranges, fer_path, progress)
+    _check_rows_agree(labels, usages, fer_path, ferplus_path)
+    plan, summary = _plan_outputs(labels)
+    splits = {
+        folder: SplitData(
+            names=[labels.names[r] for r in rows],
+            votes=np.array([labels.votes[r] for r in rows], dtype=np.int64).reshape(-1, NUM_VOTES),
+            images=images[rows],
+        )
+        for folder, rows in plan.items()
+    }
+    return splits, summary
 
 
 def _read_fer_header(path: Path) -> Tuple[int, int, int, int]:
@@ -444,25 +482,23 @@ def _write_pngs(folder: Path, names: Sequence[str], images: np.ndarray) -> None:
             os.close(fd)
 
 
-def _write_splits(
-    staging: Path, plan: Dict[str, List[int]], labels: _Labels, images: np.ndarray, progress: bool
-) -> None:
+def _write_splits(staging: Path, splits: Dict[str, SplitData], progress: bool) -> None:
     """Write every split folder (PNGs, then label.csv) into ``staging``.
 
     One process does this: the files of a split share a directory, whose lock makes parallel
     writers wait on each other (measured slower with two).
     """
-    total = sum(len(rows) for rows in plan.values())
+    total = sum(len(split.names) for split in splits.values())
     with tqdm(total=total, unit="img", desc="writing PNGs", disable=not progress, file=sys.stderr) as bar:
-        for folder, rows in plan.items():
+        for folder, split in splits.items():
             out = staging / folder
             out.mkdir()
-            for i in range(0, len(rows), PROGRESS_STEP):
-                part = rows[i : i + PROGRESS_STEP]
-                _write_pngs(out, [labels.names[r] for r in part], images[part])
-                bar.update(len(part))
+            for i in range(0, len(split.names), PROGRESS_STEP):
+                part = slice(i, i + PROGRESS_STEP)
+                _write_pngs(out, split.names[part], split.images[part])
+                bar.update(len(split.names[part]))
             with open(out / LABEL_FILE, "w", newline="\n", encoding="utf-8") as f:
-                f.writelines(label_line(labels.names[r], labels.votes[r]) for r in rows)
+                f.writelines(label_line(name, votes) for name, votes in zip(split.names, split.votes))
 
 
 def _move_into_place(staging: Path, base: Path) -> None:
