@@ -15,6 +15,7 @@ from ferplus.engine import TrainConfig, train  # noqa: E402
 from ferplus.errors import run_cli  # noqa: E402
 from ferplus.labels import MODES  # noqa: E402
 from ferplus.models import DEFAULT_MODEL, MODELS  # noqa: E402
+from ferplus.step import STEP_KINDS  # noqa: E402
 
 DEFAULTS = TrainConfig(base_folder="")
 
@@ -38,10 +39,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="SGD momentum")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of all randomness")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=DEFAULTS.device, help="where to train")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    parser.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=DEFAULTS.amp,
+        help="bfloat16 autocast (default: on CUDA and on CPUs with native bf16)",
+    )
     parser.add_argument("--output", default=None, help="run folder (default DATA/models/VGG13_<mode>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
     parser.add_argument("--model", choices=tuple(MODELS), default=DEFAULT_MODEL, help="network from the model registry")
+    parser.add_argument(
+        "--step", choices=STEP_KINDS, default=DEFAULTS.step,
+        help="training step: graph (one CUDA graph per step; the default on one GPU), eager (the reference; "
+        "the default on the CPU and under torchrun), compiled (graph with torch.compile)",
+    )
     return parser
 
 
