@@ -8,21 +8,17 @@ image per call, as a per-image loader would. Images are random 48x48 faces alrea
 device (as :class:`ferplus.data.TrainStream` keeps them), so only the transform is timed.
 """
 
+import argparse
 import sys
-from pathlib import Path
+import time
+from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import torch
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-from typing import Callable  # noqa: E402
-
-import torch  # noqa: E402
-
-from ferplus.data import CHUNK_IMAGES  # noqa: E402
-from ferplus.errors import FerplusError, run_cli  # noqa: E402
-from ferplus.fer_format import IMAGE_SIZE  # noqa: E402
-from ferplus.transforms import preprocess  # noqa: E402
+from ferplus.data import CHUNK_IMAGES
+from ferplus.errors import FerplusError, run_cli
+from ferplus.fer_format import IMAGE_SIZE
+from ferplus.transforms import preprocess
 
 FACE_SIZE = IMAGE_SIZE  # FER faces are 48x48
 

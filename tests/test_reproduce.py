@@ -51,10 +51,12 @@ def test_reproduce_tables_and_skipping(synthetic_data, tmp_path, monkeypatch):
     # A second call finds every run finished: nothing is trained and the tables come out the same.
     tables = {name: (root / name).read_bytes() for name in ("reproduce.csv", "reproduce.md")}
 
-    def no_training(config):
-        raise AssertionError(f"retrained {config.output}")
+    def no_training(configs, *args):
+        if configs:
+            raise AssertionError(f"retrained {[config.output for config in configs]}")
+        return []
 
-    monkeypatch.setattr(reproduce_module, "train", no_training)
+    monkeypatch.setattr(reproduce_module, "train_runs", no_training)
     reproduce(str(synthetic_data), seeds=SEEDS, modes=MODES, max_epochs=1, model=MODEL, device="cpu", output=str(root))
     assert {name: (root / name).read_bytes() for name in tables} == tables
     monkeypatch.undo()

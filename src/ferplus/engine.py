@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Generator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -40,12 +40,13 @@ from .data import EvalSet, TrainStream, read_folder, summary_table
 from .errors import FerplusError
 from .fer_format import SPLIT_FOLDERS
 from .fileio import atomic_write, write_json
+from .hardware import configure_cpu_threads, configure_cuda, use_bf16
 from .labels import get_mode
-from .losses import LossFn
 from .metrics import PERCENT, summarize
 from .models import DEFAULT_MODEL, MODELS, create_model
 from .plots import plot_confusion_matrix, plot_training_curves
 from .runtime import EVAL_BATCH_SIZE, confusion_matrix, predict_scores, resolve_device
+from .step import STEP_KINDS, EagerStep, make_step, resolve_step_kind
 
 #: (first epoch, factor of the base learning rate), epochs counted from 0.
 LR_SCHEDULE = ((20, 0.5), (40, 0.1))
@@ -64,6 +65,11 @@ BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 CURVES_FILE = "curves.png"
 CONFUSION_FILE = "confusion_test.png"
+#: What the training generator (:func:`train_steps`) yields: after every training step, and
+#: after each epoch has been logged and saved (where a run may stop and later resume).
+STEP, EPOCH_SAVED = "step", "epoch saved"
+
+RunSteps = Generator[str, None, Dict[str, Any]]
 
 
 @dataclass
@@ -72,6 +78,8 @@ class TrainConfig:
 
     ``batch_size`` is per process: under ``torchrun`` with N processes an optimiser step
     sees N × ``batch_size`` images, and ``lr`` is used as given (scale it yourself).
+    ``amp`` None means bf16 autocast where it pays (CUDA, CPUs with native bf16); ``step``
+    is one of :data:`~ferplus.step.STEP_KINDS`.
     """
 
     base_folder: str
@@ -82,10 +90,11 @@ class TrainConfig:
     momentum: float = 0.9
     seed: int = 0
     device: str = "auto"
-    amp: bool = False
+    amp: Optional[bool] = None
     output: Optional[str] = None
     resume: bool = False
     model: str = DEFAULT_MODEL
+    step: str = "auto"
 
 
 def learning_rate(base_lr: float, epoch: int) -> float:
@@ -139,37 +148,23 @@ def evaluate(
 
 
 def train_one_epoch(
-    model: nn.Module,
-    stream: TrainStream,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: LossFn,
-    epoch: int,
-    amp: bool = False,
-    progress: bool = False,
-) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    """One pass over this rank's shard of epoch ``epoch``.
+    step: EagerStep, stream: TrainStream, epoch: int, progress: bool = False
+) -> Generator[str, None, Tuple[torch.Tensor, torch.Tensor, int]]:
+    """One pass over this rank's shard of epoch ``epoch``, yielding :data:`STEP` after each minibatch.
 
     Returns ``(loss_sum, correct, images)``: the summed per-image loss and the number of
     correct argmax predictions as device tensors (no host sync inside the loop), and the number
     of images seen.
     """
-    model.train()
-    device = next(model.parameters()).device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    step.model.train()
+    step.start_epoch()
     images = 0
     batches = tqdm(stream.epoch(epoch), total=len(stream), desc=f"epoch {epoch}", leave=False, disable=not progress)
     for inputs, targets, labels in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(inputs)
-        loss = loss_fn(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * len(inputs)
-        correct += (logits.detach().argmax(dim=1) == labels).sum()
+        step(inputs, targets, labels)
         images += len(inputs)
-    return loss_sum, correct, images
+        yield STEP
+    return step.loss_sum, step.correct, images
 
 
 def format_epoch_line(record: Dict[str, Any]) -> str:
@@ -203,6 +198,8 @@ def _check_config(config: TrainConfig) -> None:
         raise FerplusError(str(e)) from None
     if config.model not in MODELS:
         raise FerplusError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
+    if config.step not in STEP_KINDS:
+        raise FerplusError(f"--step {config.step}: choose one of {', '.join(STEP_KINDS)}")
     if config.max_epochs < 0 or config.batch_size < 1:
         raise FerplusError("--max-epochs must be at least 0 and --batch-size at least 1")
     if not (0 <= config.momentum < 1):
@@ -270,29 +267,44 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     ``{"counts": ...}``. User errors raise :class:`FerplusError` (exit 2); a non-finite
     training loss stops the run with exit code 1, leaving the last good ``last.pt``.
     """
+    return run_to_end(train_steps(config))
+
+
+def run_to_end(steps: RunSteps) -> Dict[str, Any]:
+    """Advance a run's generator to its end and return its results."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def train_steps(config: TrainConfig) -> RunSteps:
+    """:func:`train` as a generator: it yields :data:`STEP` after every training step and
+    :data:`EPOCH_SAVED` after every saved epoch, and returns the results, so that a caller
+    can interleave several runs in one process (:mod:`ferplus.concurrent`)."""
     started = time.perf_counter()
     _check_config(config)
     device = resolve_device(config.device)
     dist_info = distributed.init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
-        torch.backends.cuda.matmul.allow_tf32 = True  # the recipe needs no fp32-exact matmuls
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        configure_cuda()
+    else:
+        configure_cpu_threads()
     try:
-        return _train(config, device, dist_info, started)
+        return (yield from _train(config, device, dist_info, started))
     finally:
         distributed.cleanup()
 
 
-def _train(
-    config: TrainConfig, device: torch.device, dist_info: distributed.DistInfo, started: float
-) -> Dict[str, Any]:
+def _train(config: TrainConfig, device: torch.device, dist_info: distributed.DistInfo, started: float) -> RunSteps:
     rank, world_size, main = dist_info.rank, dist_info.world_size, dist_info.is_main
     mode = config.training_mode
-    amp = config.amp and device.type == "cuda"
-    if config.amp and not amp and main:
-        print("note: --amp only applies on CUDA; training in float32", file=sys.stderr)
+    amp = use_bf16(device, config.amp)
+    step_kind = resolve_step_kind(config.step, device, dist_info.enabled)
+    if step_kind != "eager" and dist_info.enabled:
+        raise FerplusError(f"--step {step_kind}: not under torchrun (use --step eager or auto)")
 
     # The run folder first, so that a wrong --output or --resume fails before the data loads:
     # an earlier run is never overwritten unless resumed.
@@ -325,6 +337,7 @@ def _train(
         "output": str(output),
         "device": str(device),
         "amp": amp,
+        "step": step_kind,
         "world_size": world_size,
         "global_batch_size": config.batch_size * world_size,
     }
@@ -335,7 +348,7 @@ def _train(
 
     # Model and optimiser, fresh or from last.pt.
     torch.manual_seed(config.seed)
-    raw_model = create_model(config.model).to(device)
+    raw_model = create_model(config.model).to(device, memory_format=torch.channels_last)  # faster on both devices
     optimizer = make_optimizer(raw_model, config.lr, config.momentum)
     history: List[Dict[str, Any]] = []
     best = {"best_val_accuracy": -1.0, "best_epoch": None, "test_accuracy": None, "test_confusion": None}
@@ -348,7 +361,9 @@ def _train(
     model = raw_model
     if dist_info.enabled:
         model = DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = get_mode(mode).loss
+    step = make_step(
+        step_kind, model, raw_model, optimizer, get_mode(mode).loss, config.batch_size, amp, channels_last=True
+    )
     if main:  # the log restarts from the checkpoint's history, so a resumed log reads as an uninterrupted one
         header = table + "\n" + "".join(format_epoch_line(record) + "\n" for record in history)
         atomic_write(log_path, lambda tmp: Path(tmp).write_text(header))
@@ -369,10 +384,9 @@ def _train(
     for epoch in range(start_epoch, config.max_epochs):
         epoch_start = time.perf_counter()
         lr = learning_rate(config.lr, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        step.set_lr(lr)
         torch.manual_seed(epoch_seed(config.seed, epoch, rank))  # dropout masks
-        loss_sum, correct, images = train_one_epoch(model, stream, optimizer, loss_fn, epoch, amp, progress)
+        loss_sum, correct, images = yield from train_one_epoch(step, stream, epoch, progress)
         totals = torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(float(images))])
         loss_sum, correct, images = distributed.all_reduce_sum(totals).tolist()  # the epoch's one host sync
         train_seconds = time.perf_counter() - epoch_start
@@ -419,6 +433,7 @@ def _train(
             line = format_epoch_line(record)
             _append(log_path, line + "\n")
             print(line, flush=True)
+        yield EPOCH_SAVED
 
     results = {
         "mode": mode,

@@ -2,8 +2,10 @@
 
 Each run lives in ``<root>/<model folder>_<mode>_seed<k>/`` (``root`` defaults to
 ``<data>/models/reproduce``). A run whose ``results.json`` already covers the requested number
-of epochs is skipped; one with a ``last.pt`` is resumed; the rest start fresh. The summary goes
-to ``reproduce.md`` and ``reproduce.csv`` in ``root``.
+of epochs is skipped; one with a ``last.pt`` is resumed; the rest start fresh. Several runs
+train at once with ``jobs`` (:mod:`ferplus.multirun`), over all GPUs on CUDA; a time budget
+stops them after a saved epoch, to be resumed by the next call. The summary of the finished
+runs goes to ``reproduce.md`` and ``reproduce.csv`` in ``root``.
 """
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .fileio import atomic_write
-from .engine import LAST_CHECKPOINT, RESULTS_FILE, TrainConfig, run_folder_name, train
+from .engine import LAST_CHECKPOINT, RESULTS_FILE, TrainConfig, run_folder_name
 from .errors import FerplusError
 from .fer_format import LABEL_FILE, SPLIT_FOLDERS
+from .fileio import atomic_write
 from .labels import MODES
 from .metrics import PERCENT
+from .multirun import train_runs
 
 #: Test accuracy (%) of the paper's Table 2: (mean, standard deviation, runs) per mode.
 PAPER_RESULTS = {
@@ -108,9 +112,15 @@ def _train_images(base_folder: str) -> int:
 
 
 def format_markdown(
-    rows: Sequence[dict], runs: Dict[str, Dict[int, float]], model: str, epochs: int, data_line: str = ""
+    rows: Sequence[dict],
+    runs: Dict[str, Dict[int, float]],
+    model: str,
+    epochs: int,
+    data_line: str = "",
+    unfinished: Sequence[str] = (),
 ) -> str:
-    """The summary as a Markdown table beside the paper's figures, then every run's accuracy."""
+    """The summary as a Markdown table beside the paper's figures, then every run's accuracy,
+    then the runs still ``unfinished`` (folder names), if any."""
     total = sum(len(by_seed) for by_seed in runs.values())
     lines = [
         f"# FER+ reproduction: {model}, {epochs} epochs, {total} run{'s' if total != 1 else ''}",
@@ -132,6 +142,8 @@ def format_markdown(
     for mode, by_seed in runs.items():
         for seed, accuracy in by_seed.items():
             lines.append(f"| {mode} | {seed} | {PERCENT * accuracy:.3f} |")
+    if unfinished:
+        lines += ["", f"Not finished yet (run again to resume): {', '.join(unfinished)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -143,28 +155,42 @@ def reproduce(
     model: str = "vgg13",
     device: str = "auto",
     output: Optional[str] = None,
-    amp: bool = False,
+    amp: Optional[bool] = None,
+    step: str = "auto",
+    jobs: int = 1,
+    time_budget: Optional[float] = None,
 ) -> List[dict]:
-    """Train every mode with seeds ``0 … seeds−1`` (skipping finished runs), write the tables, return their rows."""
+    """Train every mode with seeds ``0 … seeds−1`` (skipping finished runs, ``jobs`` at a time,
+    for at most ``time_budget`` seconds), write the tables of the finished runs, return their rows."""
+    deadline = None if time_budget is None else time.time() + time_budget
     root = Path(output) if output else Path(base_folder) / "models" / "reproduce"
-    runs: Dict[str, Dict[int, float]] = {}
+    accuracies: Dict[Tuple[str, int], float] = {}
+    pending: List[Tuple[Tuple[str, int], TrainConfig]] = []
     for mode in modes:
-        runs[mode] = {}
         for seed in range(seeds):
             folder = run_folder(root, model, mode, seed)
             results = _finished(folder, max_epochs)
             if results is None:
-                print(f"== {folder.name}: training", flush=True)
                 config = TrainConfig(
                     base_folder=base_folder, training_mode=mode, max_epochs=max_epochs, seed=seed, device=device,
-                    amp=amp, output=str(folder), resume=(folder / LAST_CHECKPOINT).is_file(), model=model,
+                    amp=amp, output=str(folder), resume=(folder / LAST_CHECKPOINT).is_file(), model=model, step=step,
                 )
-                results = train(config)
+                pending.append(((mode, seed), config))
             else:
                 print(f"== {folder.name}: finished earlier, skipped", flush=True)
-            runs[mode][seed] = results["test_accuracy"]
+                accuracies[mode, seed] = results["test_accuracy"]
+    trained = train_runs([config for _, config in pending], jobs, deadline)
+    unfinished = []
+    for (key, config), results in zip(pending, trained):
+        if results is None:
+            unfinished.append(Path(config.output).name)
+        else:
+            accuracies[key] = results["test_accuracy"]
+    runs = {mode: {seed: accuracies[mode, seed] for seed in range(seeds) if (mode, seed) in accuracies} for mode in modes}
+    runs = {mode: by_seed for mode, by_seed in runs.items() if by_seed}
     rows = summarize_runs({mode: list(by_seed.values()) for mode, by_seed in runs.items()})
-    markdown = format_markdown(rows, runs, model, max_epochs, _data_line(base_folder, _train_images(base_folder)))
+    data_line = _data_line(base_folder, _train_images(base_folder))
+    markdown = format_markdown(rows, runs, model, max_epochs, data_line, unfinished)
     atomic_write(root / CSV_FILE, lambda tmp: Path(tmp).write_text(format_csv(rows)))
     atomic_write(root / MARKDOWN_FILE, lambda tmp: Path(tmp).write_text(markdown))
     print(markdown, flush=True)

@@ -13,6 +13,7 @@ from ..errors import FerplusError, run_cli
 from ..labels import MODES
 from ..models import DEFAULT_MODEL, MODELS
 from ..reproduce import reproduce
+from ..step import STEP_KINDS
 from .common import add_data_folder, add_device
 
 
@@ -29,18 +30,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", choices=tuple(MODELS), default=DEFAULT_MODEL, help="network from the model registry")
     add_device(parser, "auto", "where to train")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    parser.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=None,
+        help="bfloat16 autocast (default: on CUDA and on CPUs with native bf16)",
+    )
+    parser.add_argument("--step", choices=STEP_KINDS, default="auto", help="training step (see train.py --help)")
     parser.add_argument("--output", default=None, help="folder of the runs and tables (default DATA/models/reproduce)")
+    parser.add_argument(
+        "-j", "--jobs", type=int, default=1,
+        help="runs trained at once per device, interleaved step by step (on CUDA: over every GPU)",
+    )
+    parser.add_argument(
+        "--time-budget", "--time_budget", dest="time_budget", type=float, default=None, metavar="SECONDS",
+        help="start no run after this long and stop running ones after their next saved epoch (rerun to resume)",
+    )
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     """Run the reproduction as the parsed arguments say."""
-    if args.seeds < 1 or args.max_epochs < 1:
-        raise FerplusError("--seeds and --max-epochs must be at least 1")
+    if args.seeds < 1 or args.max_epochs < 1 or args.jobs < 1:
+        raise FerplusError("--seeds, --max-epochs and --jobs must be at least 1")
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise FerplusError(f"--time-budget {args.time_budget}: give a positive number of seconds")
     reproduce(
         args.base_folder, seeds=args.seeds, modes=args.modes, max_epochs=args.max_epochs, model=args.model,
-        device=args.device, output=args.output, amp=args.amp,
+        device=args.device, output=args.output, amp=args.amp, step=args.step, jobs=args.jobs,
+        time_budget=args.time_budget,
     )
 
 

@@ -13,6 +13,7 @@ from ..engine import TrainConfig, train
 from ..errors import run_cli
 from ..labels import MODES
 from ..models import DEFAULT_MODEL, MODELS
+from ..step import STEP_KINDS
 from .common import add_data_folder, add_device
 
 DEFAULTS = TrainConfig(base_folder="")
@@ -41,10 +42,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="SGD momentum")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of all randomness")
     add_device(parser, DEFAULTS.device, "where to train")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
+    parser.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=DEFAULTS.amp,
+        help="bfloat16 autocast (default: on CUDA and on CPUs with native bf16)",
+    )
     parser.add_argument("--output", default=None, help="run folder (default DATA/models/VGG13_<mode>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
     parser.add_argument("--model", choices=tuple(MODELS), default=DEFAULT_MODEL, help="network from the model registry")
+    parser.add_argument(
+        "--step", choices=STEP_KINDS, default=DEFAULTS.step,
+        help="training step: graph (one CUDA graph per step; the default on one GPU), eager (the reference; "
+        "the default on the CPU and under torchrun), compiled (graph with torch.compile)",
+    )
     return parser
 
 

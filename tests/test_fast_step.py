@@ -1,0 +1,205 @@
+"""The fast training step makes the eager step's updates: uncaptured on the CPU, as a CUDA graph on a GPU."""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import pytest
+import torch
+
+from ferplus.engine import make_optimizer
+from ferplus.labels import MODES, NUM_EMOTIONS
+from ferplus.labels import get_mode
+from ferplus.models import INPUT_SIZE, create_model
+from ferplus.step import EagerStep, FastStep
+
+BATCH = 4
+STEPS = 3  # full minibatches, then one smaller one (an epoch's last)
+LAST_BATCH = 3
+LRS = (0.005, 0.005, 0.0025, 0.0005)  # a schedule change between steps
+MODEL = "vgg13_small"  # with dropout, drawn inside the step
+BN_MODEL = "vgg13_tiny"  # with batch norm, whose statistics the step updates
+
+
+def minibatches(device: torch.device, mode: str, seed: int = 0) -> list:
+    """``STEPS`` minibatches of ``BATCH`` and one of ``LAST_BATCH``: inputs, the mode's targets, labels."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for size in [BATCH] * STEPS + [LAST_BATCH]:
+        inputs = torch.randn(size, 1, INPUT_SIZE, INPUT_SIZE, generator=generator)
+        labels = torch.randint(0, NUM_EMOTIONS, (size,), generator=generator)
+        if mode == "multi_target":  # every emotion a small share, the labelled one most
+            targets = torch.full((size, NUM_EMOTIONS), 0.001).scatter_(1, labels[:, None], 0.993)
+        else:
+            targets = torch.softmax(3 * torch.randn(size, NUM_EMOTIONS, generator=generator), dim=1)
+        batches.append(tuple(t.to(device) for t in (inputs, targets, labels)))
+    return batches
+
+
+def train_steps(step: EagerStep, batches: list, seed: int = 0) -> None:
+    torch.manual_seed(seed)  # the dropout masks
+    step.start_epoch()
+    for lr, batch in zip(LRS, batches):
+        step.set_lr(lr)
+        step(*batch)
+
+
+def pair(
+    device: torch.device, mode: str, amp: bool = False, graph: bool = False, dropout: bool = True, model_name: str = MODEL
+):
+    """An eager and a fast step over two identical copies of one freshly initialised network."""
+    torch.manual_seed(0)
+    model = create_model(model_name).to(device, memory_format=torch.channels_last)
+    if not dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    twin = copy.deepcopy(model)
+    loss_fn = get_mode(mode).loss
+    eager = EagerStep(model, make_optimizer(model, 0.005, 0.9), loss_fn, amp, channels_last=True)
+    fast = FastStep(twin, make_optimizer(twin, 0.005, 0.9), loss_fn, BATCH, amp, channels_last=True, graph=graph)
+    return eager, fast
+
+
+def assert_same_state(eager: EagerStep, fast: FastStep, rtol: float, atol: float) -> None:
+    for (name, a), b in zip(eager.model.state_dict().items(), fast.model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+    eager_state, fast_state = eager.optimizer.state_dict(), fast.optimizer.state_dict()
+    assert fast_state["param_groups"] == eager_state["param_groups"]  # the learning rate included
+    assert eager_state["state"].keys() == fast_state["state"].keys()
+    for key, value in eager_state["state"].items():
+        torch.testing.assert_close(fast_state["state"][key]["momentum_buffer"], value["momentum_buffer"], rtol=rtol, atol=atol)
+    torch.testing.assert_close(fast.loss_sum, eager.loss_sum, rtol=rtol, atol=atol)
+    assert fast.correct.item() == eager.correct.item()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_step_matches_eager_on_cpu(mode):
+    device = torch.device("cpu")
+    eager, fast = pair(device, mode)
+    batches = minibatches(device, mode)
+    train_steps(eager, batches)
+    train_steps(fast, batches)
+    # Only the SGD update's rounding differs (one fused multiply-add against two roundings).
+    assert_same_state(eager, fast, rtol=1e-3, atol=1e-5)
+    assert fast.lr.item() == pytest.approx(LRS[-1])
+
+
+def test_fast_step_updates_batch_norm_like_eager():
+    device = torch.device("cpu")
+    eager, fast = pair(device, "majority", model_name=BN_MODEL)
+    batches = minibatches(device, "majority")
+    train_steps(eager, batches)
+    train_steps(fast, batches)
+    # Everything but the convolution biases that batch norm cancels: their gradients are
+    # rounding noise, which the two updates round differently.
+    cancelled = {f"{name}.bias" for name, module in eager.model.named_modules() if isinstance(module, torch.nn.Conv2d)}
+    for (name, a), b in zip(eager.model.state_dict().items(), fast.model.state_dict().values()):
+        if name in cancelled:
+            continue
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(fast.loss_sum, eager.loss_sum, rtol=1e-5, atol=0)
+
+
+def test_fast_step_matches_eager_under_cpu_bf16_autocast():
+    device = torch.device("cpu")
+    eager, fast = pair(device, "majority", amp=True)
+    batches = minibatches(device, "majority")
+    train_steps(eager, batches)
+    train_steps(fast, batches)
+    assert_same_state(eager, fast, rtol=2e-2, atol=2e-3)
+
+
+def test_fast_step_optimizer_state_saves_and_resumes():
+    """The fast step keeps torch.optim.SGD's state: it saves, loads into a new run and continues alike."""
+    device = torch.device("cpu")
+    eager, fast = pair(device, "crossentropy")
+    batches = minibatches(device, "crossentropy")
+    train_steps(fast, batches[:2])
+    model, optimizer_state = copy.deepcopy(fast.model.state_dict()), copy.deepcopy(fast.optimizer.state_dict())
+    train_steps(fast, batches[2:], seed=1)
+
+    resumed = create_model(MODEL).to(device, memory_format=torch.channels_last)
+    resumed.load_state_dict(model)
+    optimizer = make_optimizer(resumed, 0.005, 0.9)
+    optimizer.load_state_dict(optimizer_state)
+    continued = EagerStep(resumed, optimizer, get_mode("crossentropy").loss, channels_last=True)
+    train_steps(continued, batches[2:], seed=1)
+    for a, b in zip(fast.model.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_fast_step_rejects_another_optimiser():
+    model = create_model(MODEL)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    with pytest.raises(ValueError, match="without dampening, Nesterov or weight decay"):
+        FastStep(model, optimizer, get_mode("majority").loss, BATCH)
+
+
+# --- the CUDA graph ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def exact_cuda():
+    """fp32 convolutions and matmuls without TF32, so that eager and graph agree to float tolerance."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", MODES)
+def test_graph_matches_eager(mode, exact_cuda):
+    # Replays draw their dropout masks at the philox offsets eager steps would use, so the
+    # masks agree too.
+    eager, fast = pair(exact_cuda, mode, graph=True)
+    assert fast.graph is not None
+    batches = minibatches(exact_cuda, mode)
+    train_steps(eager, batches)
+    train_steps(fast, batches)
+    assert_same_state(eager, fast, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_graph_matches_eager_without_dropout(exact_cuda):
+    eager, fast = pair(exact_cuda, "probability", graph=True, dropout=False)
+    batches = minibatches(exact_cuda, "probability")
+    train_steps(eager, batches)
+    train_steps(fast, batches)
+    assert_same_state(eager, fast, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_graph_matches_eager_under_bf16_autocast():
+    device = torch.device("cuda")
+    eager, fast = pair(device, "majority", amp=True, graph=True)
+    batches = minibatches(device, "majority")
+    train_steps(eager, batches)
+    train_steps(fast, batches)
+    assert_same_state(eager, fast, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.cuda
+def test_graph_replays_draw_fresh_dropout_masks_that_follow_the_seed():
+    device = torch.device("cuda")
+    _, fast = pair(device, "majority", graph=True)
+    batch = minibatches(device, "majority")[0]
+    start = copy.deepcopy(fast.model.state_dict())
+
+    def update(seed: Optional[int]) -> torch.Tensor:
+        """The parameters after one replay from the same start, reseeding first unless ``seed`` is None."""
+        fast.model.load_state_dict(start)  # copies in place: the graph keeps its tensors
+        for buffer in fast.buffers:
+            buffer.zero_()
+        if seed is not None:
+            torch.manual_seed(seed)
+        fast(*batch)
+        return torch.cat([p.detach().flatten() for p in fast.params])
+
+    first = update(0)
+    following = update(None)  # the next replay without reseeding
+    assert not torch.equal(following, first)  # fresh masks on every replay
+    assert torch.equal(update(0), first)  # and the same ones again after the same seed
+    assert not torch.equal(update(1), first)
