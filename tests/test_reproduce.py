@@ -10,6 +10,7 @@ import pytest
 
 import ferplus.reproduce as reproduce_module
 from ferplus.reproduce import PAPER_RESULTS, reproduce, run_folder
+from scripts import run_script
 
 MODES = ("majority", "crossentropy")
 SEEDS = 2
@@ -62,3 +63,27 @@ def test_reproduce_tables_and_skipping(synthetic_data, tmp_path, monkeypatch):
     reproduce(str(synthetic_data), seeds=1, modes=("majority",), max_epochs=2, model=MODEL, device="cpu", output=str(root))
     history = json.loads((folder / "results.json").read_text())["history"]
     assert len(history) == 2 and history[0] == first_epoch
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("[]", "not a JSON object"),
+        ('{"epochs": 1, "test_accuracy": "83.2"}', "test_accuracy '83.2' is not a fraction between 0 and 1"),
+        ('{"epochs": "1", "test_accuracy": 0.8}', "epochs '1' is not a positive whole number"),
+        ('{"epochs": 1, "test_accuracy": NaN}', "test_accuracy nan is not a fraction between 0 and 1"),
+        ("{", "not JSON"),
+    ],
+)
+def test_a_damaged_results_file_is_one_line(synthetic_data, tmp_path, capsys, content, problem):
+    root = tmp_path / "reproduce"
+    results = run_folder(root, MODEL, "majority", 0) / "results.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(content)
+    argv = ["-d", synthetic_data, "--seeds", 1, "--modes", "majority", "-e", 1, "--model", MODEL, "--output", root]
+    assert run_script("reproduce", *argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"reproduce.py: error: {results}: not the results of a run ({problem}); "
+        "delete it and resume the run to write it again"
+    ]
+    assert [p.name for p in results.parent.iterdir()] == ["results.json"]
