@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import struct
+import threading
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# Scripts the tests start in subprocesses import this checkout's package, installed or not.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT / "src"), os.environ.get("PYTHONPATH"))))
 
 #: Where the real FER+ labels and FER2013 pixels live for development and CI (never in the repo).
 SHARED_FERPLUS = Path(os.environ.get("FERPLUS_SHARED", ROOT.parent / "shared" / "ferplus"))
@@ -56,3 +61,58 @@ def torchvision():
             raise
         pytest.skip(f"torchvision not usable: {type(e).__name__}: {e}")
     return torchvision
+
+
+@pytest.fixture
+def make_fifo():
+    """Makes named pipes (``make_fifo(path)``) for tests that name one as an image file.
+
+    A reader blocked on one is given end-of-file within a second, so a regression fails the
+    test instead of hanging the test run.
+    """
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("named pipes need a POSIX system")
+    made: list = []
+    stop = threading.Event()
+
+    def unblock() -> None:
+        while not stop.wait(1.0):
+            for path in made:
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:  # no reader waiting on it
+                    pass
+
+    watcher = threading.Thread(target=unblock, daemon=True)
+    watcher.start()
+
+    def make(path: Path) -> Path:
+        os.mkfifo(path)
+        made.append(path)
+        return path
+
+    yield make
+    stop.set()
+    watcher.join()
+
+
+#: Sides of the huge image fixture: 900 million pixels, as a PNG of about 110 KB.
+HUGE_SIDE = 30000
+
+
+@pytest.fixture(scope="session")
+def huge_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid 30000x30000 black PNG (1 bit per pixel), small on disk: a decompression bomb."""
+    row = bytes(1 + HUGE_SIDE // 8)  # filter byte 0, then the row's bits
+    packer = zlib.compressobj(9)
+    rows_per_part = 1000
+    parts = [packer.compress(row * rows_per_part) for _ in range(HUGE_SIDE // rows_per_part)]
+    idat = b"".join(parts) + packer.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", HUGE_SIDE, HUGE_SIDE, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    path = tmp_path_factory.mktemp("huge") / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Top-level script → the module of ``ferplus.cli`` that holds its command line.
 SCRIPT_MODULES = {

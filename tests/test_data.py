@@ -99,7 +99,7 @@ VOTE_TAIL = ",".join(map(str, VOTES[0]))
         ('fer0000002.png,"(0, 0, 48, 48)",4,0,0,-1,3,2,0,0,0,0', "non-negative integers, got '-1'"),
         ('fer0000002.png,"(0, 0, 48, 48)",4,0,0,1.5,3,2,0,0,0,0', "non-negative integers, got '1.5'"),
         ('fer0000002.png,"(0, 0, 48, 48)",4,0,0,x,3,2,0,0,0,0', "non-negative integers"),
-        (f'missing.png,"(0, 0, 48, 48)",{VOTE_TAIL}', "missing.png is missing"),
+        (f'missing.png,"(0, 0, 48, 48)",{VOTE_TAIL}', "missing.png: no such file"),
         (f',"(0, 0, 48, 48)",{VOTE_TAIL}', "empty image name"),
     ],
 )
@@ -114,14 +114,14 @@ def test_bad_label_lines_name_file_and_line(tmp_path: Path, line: str, message: 
 def test_unreadable_png_is_reported(tmp_path: Path) -> None:
     write_folder(tmp_path)
     (tmp_path / "fer0000004.png").write_bytes(b"not a png at all")
-    with pytest.raises(FerplusError, match=r"label.csv: line 5: image .*fer0000004.png is unreadable"):
+    with pytest.raises(FerplusError, match=r"label.csv: line 5: image .*fer0000004.png: not a readable image"):
         read_folder(tmp_path)
 
 
 def test_images_of_differing_sizes_are_reported(tmp_path: Path) -> None:
     write_folder(tmp_path)
     cv2.imwrite(str(tmp_path / "fer0000003.png"), np.zeros((50, 50), np.uint8))
-    with pytest.raises(FerplusError, match="line 4: image fer0000003.png is 50x50 pixels, the folder's first is 48x48"):
+    with pytest.raises(FerplusError, match="line 4: image fer0000003.png is 50x50 pixels, the folder's others are 48x48"):
         read_folder(tmp_path)
 
 
@@ -145,6 +145,81 @@ def test_colour_png_is_read_as_grayscale(tmp_path: Path) -> None:
     gray = np.full((48, 48), 99, np.uint8)
     cv2.imwrite(str(tmp_path / "fer0000000.png"), np.dstack([gray] * 3))
     assert (read_folder(tmp_path).images == 99).all()
+
+
+def test_label_file_quirks_are_one_line_errors(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    label = tmp_path / "label.csv"
+    lines = label.read_text().splitlines()
+    cases = {
+        # A NUL byte in a name (no file can have it) and a vote count beyond int64.
+        3: (lines[2].replace("fer0000002", "fer\x00"), r"line 3: image name 'fer\\x00.png' holds control characters"),
+        4: (lines[3].rsplit(",", 1)[0] + "," + "1" + "0" * 23, r"line 4: vote count 1(0){23} is larger than \d+"),
+    }
+    for number, (line, message) in cases.items():
+        label.write_text("\n".join(lines[: number - 1] + [line] + lines[number:]) + "\n")
+        with pytest.raises(FerplusError, match=message):
+            read_folder(tmp_path)
+
+
+def test_duplicate_image_names_name_both_lines(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    corrupt_line(tmp_path, 5, f'fer0000001.png,"(0, 0, 48, 48)",{VOTE_TAIL}')
+    with pytest.raises(FerplusError, match="line 5: image fer0000001.png is listed twice, on lines 2 and 5$"):
+        read_folder(tmp_path)
+
+
+def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    images = write_folder(tmp_path)
+    label = tmp_path / "label.csv"
+    label.write_bytes(b"\xef\xbb\xbf" + label.read_bytes())
+    data = read_folder(tmp_path)
+    assert data.names[0] == "fer0000000.png" and np.array_equal(data.images, np.stack(images))
+
+
+def test_only_regular_files_are_read(tmp_path: Path, make_fifo) -> None:
+    write_folder(tmp_path)
+    (tmp_path / "fer0000002.png").unlink()
+    make_fifo(tmp_path / "fer0000002.png")
+    with pytest.raises(FerplusError, match=r"line 3: image .*fer0000002.png: cannot be read \(not a regular file\)"):
+        read_folder(tmp_path)
+
+
+def test_huge_image_is_refused_before_decoding(tmp_path: Path, huge_png: Path) -> None:
+    write_folder(tmp_path)
+    (tmp_path / "fer0000001.png").write_bytes(huge_png.read_bytes())
+    with pytest.raises(FerplusError, match=r"line 2: image .*fer0000001.png: too large to decode: 30000x30000 pixels"):
+        read_folder(tmp_path)
+
+
+def test_odd_sized_first_image_is_blamed_on_its_own_line(tmp_path: Path) -> None:
+    write_folder(tmp_path)
+    cv2.imwrite(str(tmp_path / "fer0000000.png"), np.zeros((50, 50), np.uint8))
+    with pytest.raises(FerplusError, match="line 1: image fer0000000.png is 50x50 pixels, the folder's others are 48x48"):
+        read_folder(tmp_path)
+
+
+def test_damaged_png_is_reported_by_us_alone(tmp_path: Path, capfd) -> None:
+    """libpng and OpenCV print their own lines about damaged files; only our one line may show."""
+    write_folder(tmp_path)
+    png = bytearray((tmp_path / "fer0000003.png").read_bytes())
+    png[-20] ^= 0xFF  # inside the compressed pixels: libpng reports a failed data check
+    (tmp_path / "fer0000003.png").write_bytes(bytes(png))
+    with pytest.raises(FerplusError, match="line 4: image .*fer0000003.png: not a readable image"):
+        read_folder(tmp_path)
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_data_folder_one_level_too_deep(tmp_path: Path) -> None:
+    write_folder(tmp_path / "data" / "FER2013Train")
+    with pytest.raises(FerplusError) as error:
+        read_folder(tmp_path / "data" / "FER2013Train" / "FER2013Valid")
+    data = tmp_path / "data"
+    assert str(error.value) == (
+        f"{data / 'FER2013Train' / 'FER2013Valid'}: no such folder "
+        f"({data / 'FER2013Train'} is a split folder itself: give the folder above it, -d {data})"
+    )
 
 
 # ---------------------------------------------------------------- TrainStream

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from ferplus.fileio import FolderLock
 from ferplus.data import SPLIT_FOLDERS, TrainStream, read_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSES = 2
 EPOCHS = 2
 BATCH = 16
-RUN_FILES = {"args.json", "train.log", "results.json", "best.pt", "last.pt", "curves.png", "confusion_test.png"}
+RUN_FILES = {
+    "args.json", "train.log", "results.json", "best.pt", "last.pt", "curves.png", "confusion_test.png", ".lock",
+}
 
 
 def test_two_process_gloo_run(synthetic_data, tmp_path):
@@ -44,3 +48,37 @@ def test_two_process_gloo_run(synthetic_data, tmp_path):
     # The ranks' shards together make one epoch of the training set (less at most one leftover image per rank).
     kept = TrainStream(read_folder(synthetic_data / SPLIT_FOLDERS["train"]), "majority", BATCH, "cpu").num_images
     assert [r["train_images"] for r in results["history"]] == [kept // PROCESSES * PROCESSES] * EPOCHS
+
+
+def test_a_run_folder_in_use_stops_every_rank(synthetic_data, tmp_path):
+    """Rank 0 finds the folder locked; rank 1 must learn of it and stop too, not wait for rank 0.
+
+    The ranks are started by hand rather than by torchrun, which would end a waiting rank itself
+    once rank 0 failed and so hide a hang.
+    """
+    output = tmp_path / "run"
+    with socket.socket() as probe:  # a free port for the process group's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable, str(ROOT / "train.py"), "-d", str(synthetic_data), "--model", "vgg13_tiny",
+        "--device", "cpu", "-e", str(EPOCHS), "--output", str(output),
+    ]
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(PROCESSES)}
+    lock = FolderLock(output)  # another run holds the folder
+    assert lock.acquire()
+    ranks = []
+    try:
+        for rank in range(PROCESSES):
+            env = {**os.environ, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            ranks.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        finished = [rank.communicate(timeout=300) for rank in ranks]  # a guard against a hang, not a speed check
+    finally:
+        for rank in ranks:
+            if rank.poll() is None:
+                rank.kill()
+        lock.release()
+    message = f"train.py: error: {output}: in use by another run; wait for it to end or choose another --output"
+    for process, (out, err) in zip(ranks, finished):
+        assert process.returncode == 2 and err.splitlines() == [message] and out == ""
+    assert not output.exists()

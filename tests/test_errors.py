@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 from pathlib import Path
 
 import pytest
+import torch
 
 from ferplus.errors import FerplusError, run_cli
 from ferplus.synthetic import write_sample
@@ -30,6 +32,18 @@ def _raising(error: BaseException):
         (FerplusError("epoch 4: loss is nan", exit_code=1), 1, "tool.py: error: epoch 4: loss is nan"),
         (PermissionError(13, "Permission denied", "/out/run"), 2, "tool.py: error: /out/run: Permission denied"),
         (KeyboardInterrupt(), 130, "tool.py: interrupted"),
+        (KeyboardInterrupt("continue with --resume"), 130, "tool.py: interrupted; continue with --resume"),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/out/last.pt"),
+            1,
+            "tool.py: error: /out/last.pt: No space left on device",
+        ),
+        (MemoryError(), 1, "tool.py: error: out of memory (MemoryError)"),
+        (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nSee the documentation"),
+            1,
+            "tool.py: error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB.)",
+        ),
     ],
 )
 def test_failures_are_one_line(error, status, message, capsys):

@@ -133,3 +133,50 @@ def test_export_script_missing_checkpoint(tmp_path, capsys):
     assert status == 2
     assert "nope.pt: no such checkpoint file" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+class ThreeHeads(nn.Module):
+    """Right names, but three outputs of three scores each."""
+
+    def __init__(self, side: int = INPUT_SIZE, scores: int = 3) -> None:
+        super().__init__()
+        self.linear = nn.Linear(side * side, scores)
+
+    def forward(self, x: torch.Tensor):
+        scores = self.linear(x.flatten(1))
+        return scores, scores + 1, scores + 2
+
+
+class OneHead(ThreeHeads):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+def export_raw(model: nn.Module, path: Path, side: int, outputs: list) -> Path:
+    """Export without our checks, as another tool would."""
+    torch.onnx.export(
+        model, (torch.zeros(2, 1, side, side),), str(path), input_names=[INPUT_NAME], output_names=outputs,
+        dynamic_axes={INPUT_NAME: {0: "N"}, **{name: {0: "N"} for name in outputs}}, opset_version=17, dynamo=False,
+    )
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+def test_model_files_of_another_interface_are_refused(tmp_path, capsys):
+    cases = {
+        "three_outputs.onnx": (ThreeHeads(), INPUT_SIZE, [OUTPUT_NAME, "b", "c"]),
+        "three_scores.onnx": (OneHead(), INPUT_SIZE, [OUTPUT_NAME]),
+        "small_input.onnx": (OneHead(48, NUM_EMOTIONS), 48, [OUTPUT_NAME]),
+    }
+    face = tmp_path / "face.png"
+    face.write_bytes(b"")  # never read: the model is refused first
+    for name, (model, side, outputs) in cases.items():
+        path = export_raw(model, tmp_path / name, side, outputs)
+        with pytest.raises(FerplusError) as error:
+            OnnxModel(path)
+        assert str(error.value).startswith(
+            f"{path}: expected one input Input3 float [N, 1, {INPUT_SIZE}, {INPUT_SIZE}] and one output "
+            f"Plus692_Output_0 float [N, {NUM_EMOTIONS}], found inputs [Input3 tensor(float) ['N', 1, {side}, {side}]]"
+        )
+        assert run_script("predict", "--model", path, face) == 2
+        assert capsys.readouterr().err.splitlines() == [f"predict.py: error: {error.value}"]

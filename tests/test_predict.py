@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import lzma
+import os
 import shutil
+import struct
 from pathlib import Path
 
 import cv2
@@ -15,8 +18,9 @@ import torch
 
 from ferplus.checkpoint import load_model, save_checkpoint
 from ferplus.data import EvalSet, read_folder
+from ferplus.faces import DETECT_MAX_SIDE, crop_faces, detect_faces
+from ferplus.images import MAX_IMAGE_PIXELS
 from ferplus.runtime import predict_scores
-from ferplus.faces import crop_faces, detect_faces
 from ferplus.inference import softmax
 from ferplus.labels import EMOTIONS
 from ferplus.models import create_model
@@ -178,6 +182,22 @@ def test_empty_folder_and_bad_model(models, tmp_path, capsys):
     assert "nope.pt: no such checkpoint file" in capsys.readouterr().err
 
 
+def test_large_photo_is_searched_shrunk_and_boxes_are_in_its_own_pixels(photo):
+    image = cv2.imread(str(photo), cv2.IMREAD_GRAYSCALE)
+    scale = DETECT_MAX_SIDE // max(image.shape) + 1
+    large = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    (large_box,) = detect_faces(large)
+    # The same search by hand: on a copy shrunk to DETECT_MAX_SIDE, its box scaled back up.
+    shrink = DETECT_MAX_SIDE / max(large.shape)
+    height, width = large.shape
+    small = cv2.resize(large, (round(width * shrink), round(height * shrink)), interpolation=cv2.INTER_AREA)
+    (small_box,) = detect_faces(small)
+    assert max(large.shape) > DETECT_MAX_SIDE >= max(small.shape)
+    np.testing.assert_array_equal(large_box, np.round(small_box / shrink))
+    (box,) = detect_faces(image)  # and it is the photo's face, in the large photo's pixels
+    assert iou(large_box, box * scale) > 0.8
+
+
 def test_crops_are_mirrored_past_the_border():
     # Column c holds the value c, so a mirror about the left edge reads columns 23..0 then 0..23.
     gray = np.tile(np.arange(FER_SIDE, dtype=np.uint8), (FER_SIDE, 1))
@@ -185,3 +205,66 @@ def test_crops_are_mirrored_past_the_border():
     (crop,) = crop_faces(gray, np.array([[-half, 0, half, FER_SIDE]]), margin=0.0)
     assert crop.shape == (FER_SIDE, FER_SIDE)
     np.testing.assert_array_equal(crop[0], np.r_[np.arange(half)[::-1], np.arange(half)])
+
+
+# --- inputs that must not hang, flood the terminal or take the machine's memory -------------------
+
+
+def bmp_header(width: int, height: int) -> bytes:
+    """A 24-bit BMP's headers claiming ``width`` x ``height`` pixels, without the pixels."""
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(info), 0, 0, 14 + len(info)) + info
+
+
+def test_huge_images_are_skipped_and_the_batch_goes_on(huge_png, models, tmp_path, capsys):
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), np.random.default_rng(0).integers(0, 256, (FER_SIDE, FER_SIDE), dtype=np.uint8))
+    # Formats whose size only Pillow reads for us: above our limit, and above Pillow's own too.
+    large_bmp, huge_bmp = tmp_path / "large.bmp", tmp_path / "huge.bmp"
+    large_bmp.write_bytes(bmp_header(12000, 12000))
+    huge_bmp.write_bytes(bmp_header(20000, 20000))
+    paths = [huge_png, large_bmp, huge_bmp, face]
+    assert predict(["--model", str(models["checkpoint"]), "--no-detect", *map(str, paths)]) == 1
+    captured = capsys.readouterr()
+    limit = f"(the limit is {MAX_IMAGE_PIXELS:,} pixels)"
+    assert captured.err.splitlines() == [
+        f"warning: {huge_png}: too large to decode: 30000x30000 pixels {limit}",
+        f"warning: {large_bmp}: too large to decode: 12000x12000 pixels {limit}",
+        f"warning: {huge_bmp}: too large to decode {limit}",
+        "predict.py: error: 3 of 4 images gave no prediction (see the warnings above)",
+    ]
+    assert captured.out.startswith(f"{face}: 1 face")
+
+
+def test_damaged_image_and_fifo_are_one_warning_each(models, tmp_path, make_fifo, capfd):
+    image = np.random.default_rng(1).integers(0, 256, (FER_SIDE, FER_SIDE), dtype=np.uint8)
+    png = bytearray(cv2.imencode(".png", image)[1].tobytes())
+    png[-20] ^= 0xFF  # inside the compressed pixels: libpng prints a complaint of its own
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes(bytes(png))
+    fifo = make_fifo(tmp_path / "pipe.png")
+    assert predict(["--model", str(models["checkpoint"]), "--no-detect", str(damaged), str(fifo)]) == 1
+    captured = capfd.readouterr()  # what reached the process's stderr, from Python or native code
+    assert captured.err.splitlines() == [
+        f"warning: {damaged}: not a readable image",
+        f"warning: {fifo}: not a regular file",
+        "predict.py: error: 2 of 2 images gave no prediction (see the warnings above)",
+    ]
+
+
+def test_full_disk_while_annotating_names_the_file(models, tmp_path, monkeypatch, capsys):
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), np.full((FER_SIDE, FER_SIDE), 128, dtype=np.uint8))
+    annotated = tmp_path / "annotated"
+    real_write = Path.write_bytes
+
+    def full_disk(path, data):
+        if path.parent == annotated:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    assert predict(["--model", str(models["checkpoint"]), "--no-detect", "--annotate", str(annotated), str(face)]) == 1
+    message = f"predict.py: error: {annotated / 'face.png'}: {os.strerror(errno.ENOSPC)}"
+    assert capsys.readouterr().err.splitlines() == [message]
+    assert list(annotated.iterdir()) == []

@@ -10,6 +10,7 @@ import pytest
 
 import ferplus.reproduce as reproduce_module
 from ferplus.reproduce import PAPER_RESULTS, format_csv, format_markdown, reproduce, run_folder, summarize_runs
+from scripts import run_script
 
 MODES = ("majority", "crossentropy")
 SEEDS = 2
@@ -76,3 +77,27 @@ def test_a_single_run_shows_no_spread_and_full_data_no_warning():
     assert "| majority | 1 | 85.000 | 83.852 ± 0.631 | 5 |" in markdown and "±  " not in markdown
     assert "Data: `data`, 28,558 training images.\n" in markdown and "Not the full" not in markdown
     assert format_csv(rows).splitlines()[1] == "majority,1,85.000,,83.852,0.631,5"
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("[]", "not a JSON object"),
+        ('{"epochs": 1, "test_accuracy": "83.2"}', "test_accuracy '83.2' is not a fraction between 0 and 1"),
+        ('{"epochs": "1", "test_accuracy": 0.8}', "epochs '1' is not a positive whole number"),
+        ('{"epochs": 1, "test_accuracy": NaN}', "test_accuracy nan is not a fraction between 0 and 1"),
+        ("{", "not JSON"),
+    ],
+)
+def test_a_damaged_results_file_is_one_line(synthetic_data, tmp_path, capsys, content, problem):
+    root = tmp_path / "reproduce"
+    results = run_folder(root, MODEL, "majority", 0) / "results.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(content)
+    argv = ["-d", synthetic_data, "--seeds", 1, "--modes", "majority", "-e", 1, "--model", MODEL, "--output", root]
+    assert run_script("reproduce", *argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"reproduce.py: error: {results}: not the results of a run ({problem}); "
+        "delete it and resume the run to write it again"
+    ]
+    assert [p.name for p in results.parent.iterdir()] == ["results.json"]

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ferplus.checkpoint import load_checkpoint, load_model
+import ferplus.engine
+from ferplus.checkpoint import load_checkpoint, load_model, save_checkpoint
 from ferplus.data import SPLIT_FOLDERS, EvalSet, TrainStream, read_folder, summary_table
+from ferplus.fileio import FolderLock
 from ferplus.labels import EMOTIONS, MODES
-from scripts import run_script
+from ferplus.models import create_model
+from scripts import ROOT, run_script
 
 MODEL = "vgg13_tiny"
 EPOCHS = 3
@@ -22,7 +31,9 @@ STOP_EPOCH = 1  # where the interrupted run stops before --resume
 LEARNING_EPOCHS = 12  # with the recipe's optimiser settings
 LEARNING_MARGIN = 0.2  # accuracy must beat always guessing the commonest class by this much
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RUN_FILES = {"args.json", "train.log", "results.json", "best.pt", "last.pt", "curves.png", "confusion_test.png"}
+RUN_FILES = {
+    "args.json", "train.log", "results.json", "best.pt", "last.pt", "curves.png", "confusion_test.png", ".lock",
+}
 # Fields in which an interrupted and an uninterrupted run differ by design: timings, the
 # resume flag and the run folder.
 RUN_SPECIFIC_KEYS = {
@@ -297,3 +308,173 @@ def test_existing_run_is_not_overwritten(runs, synthetic_data, capsys):
 def test_cuda_without_a_gpu(synthetic_data, tmp_path, capsys):
     assert train_cli("-d", synthetic_data, "--device", "cuda", "--output", tmp_path / "run") == 2
     assert "no CUDA GPU is available" in _one_line_error(capsys)
+
+
+# --- one run per folder, kills, full disks ------------------------------------------------------
+
+
+def busy_message(folder: Path) -> str:
+    return f"train.py: error: {folder}: in use by another run; wait for it to end or choose another --output"
+
+
+def test_a_run_folder_in_use_is_refused_at_once(runs, synthetic_data, tmp_path, capsys):
+    """A second run fails before it reads the data, and touches nothing."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(runs["stopped"], resumed)
+    no_data = tmp_path / "no_data"  # the second run never gets as far as finding no splits here
+    no_data.mkdir()
+    for folder, flags in ((resumed, ("--resume",)), (tmp_path / "fresh", ())):
+        lock = FolderLock(folder)  # the first run's hold on its folder
+        assert lock.acquire()
+        before = folder_state(folder)
+        try:
+            assert train_cli(*tiny_args(no_data, folder, "-e", EPOCHS, *flags)) == 2
+            captured = capsys.readouterr()
+            assert (captured.out, captured.err) == ("", busy_message(folder) + "\n")
+            assert folder_state(folder) == before
+        finally:
+            lock.release()
+    assert not (tmp_path / "fresh").exists()  # the first run wrote nothing, so its folder went too
+
+
+def test_killed_run_is_taken_over_and_its_temporaries_removed(synthetic_data, tmp_path):
+    output = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "train.py"), *map(str, tiny_args(synthetic_data, output, "-e", 100))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300  # a guard against a test that would wait forever, not a speed check
+        while not (output / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, "the run ended before it could be killed"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    # What saves cut short by kills leave, and files of the same look that are not ours.
+    stale = [".last.pt.k3x_9abc.tmp", ".best.pt.0q2wz7yy.tmp", ".results.json.a1b2c3d4.tmp"]
+    foreign = [".last.pt.tmp", "my.last.pt.k3x_9abc.tmp", ".notes.txt.k3x_9abc.tmp", ".last.pt.K3X9ABCD.tmp"]
+    for name in stale + foreign:
+        (output / name).write_bytes(b"partial")
+
+    done = load_checkpoint(output / "last.pt")["epoch"]
+    assert train_cli(*tiny_args(synthetic_data, output, "-e", done + 1, "--resume")) == 0
+    assert json.loads((output / "results.json").read_text())["epochs"] == done + 1
+    assert {p.name for p in output.iterdir()} == RUN_FILES | set(foreign)
+
+
+@pytest.mark.parametrize(
+    "file, writer, run",
+    [
+        ("train.log", "write_text", "stopped"),  # the log restarts before the first resumed epoch
+        ("last.pt", "write_bytes", "stopped"),  # after the first resumed epoch
+        ("results.json", "write_text", "full"),  # at the end of a run whose results went missing
+    ],
+)
+def test_full_disk_names_the_file_and_keeps_the_earlier_ones(
+    runs, synthetic_data, tmp_path, monkeypatch, capsys, file, writer, run
+):
+    output = tmp_path / "run"
+    shutil.copytree(runs[run], output)
+    (output / "results.json").unlink()  # a run that finished but lost its results, or one to resume
+    before = folder_state(output)
+    real_write = getattr(Path, writer)
+
+    def full_disk(path, *args, **kwargs):
+        if path.name.startswith(f".{file}."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, writer, full_disk)
+    assert train_cli(*tiny_args(synthetic_data, output, "-e", EPOCHS, "--resume")) == 1
+    assert _one_line_error(capsys) == f"train.py: error: {output / file}: {os.strerror(errno.ENOSPC)}"
+    assert not list(output.glob(".*.tmp"))
+    assert (output / file).exists() == (file in before)
+    if file in before:
+        assert (output / file).read_bytes() == before[file]
+    assert load_checkpoint(output / "last.pt")["epoch"] >= load_checkpoint(runs[run] / "last.pt")["epoch"]
+
+
+def test_resume_of_a_finished_run_writes_nothing(runs, synthetic_data, tmp_path, capsys):
+    output = tmp_path / "run"
+    shutil.copytree(runs["full"], output)
+    before = folder_state(output)
+    assert train_cli(*tiny_args(synthetic_data, output, "-e", EPOCHS, "--resume")) == 0
+    assert capsys.readouterr().out == f"{output}: already trained {EPOCHS} epochs, nothing to do (raise -e to train longer)\n"
+    assert folder_state(output) == before
+
+
+def test_interrupted_run_says_how_to_go_on(runs, synthetic_data, tmp_path, monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    output = tmp_path / "run"
+    monkeypatch.setattr(ferplus.engine, "plot_training_curves", interrupt)  # after the last epoch's checkpoint
+    assert train_cli(*tiny_args(synthetic_data, output, "-e", 1)) == 130
+    assert _one_line_error(capsys) == (
+        f"train.py: interrupted; {output / 'last.pt'} keeps the last finished epoch: continue with --resume --output {output}"
+    )
+    # Interrupted before anything was written, there is nothing to go on from, and no folder left.
+    monkeypatch.setattr(ferplus.engine, "read_folder", interrupt)
+    assert train_cli(*tiny_args(synthetic_data, tmp_path / "early", "-e", 1)) == 130
+    assert _one_line_error(capsys) == "train.py: interrupted"
+    assert not (tmp_path / "early").exists()
+
+
+# --- damaged or foreign checkpoints on --resume -------------------------------------------------
+
+
+def test_resume_with_weights_of_another_shape(runs, synthetic_data, tmp_path, capsys):
+    output = tmp_path / "run"
+    shutil.copytree(runs["stopped"], output)
+    state = load_checkpoint(output / "last.pt")
+    state["model_state"] = create_model("vgg13_small").state_dict()  # still labelled vgg13_tiny
+    save_checkpoint(output / "last.pt", state)
+    before = folder_state(output)
+    assert train_cli(*tiny_args(synthetic_data, output, "-e", EPOCHS, "--resume")) == 2
+    assert re.fullmatch(
+        rf"train\.py: error: {re.escape(str(output / 'last.pt'))}: its weights do not fit model {MODEL} \(.+\)",
+        _one_line_error(capsys),
+    )
+    assert folder_state(output) == before  # args.json was not rewritten
+
+
+def test_resume_from_a_checkpoint_without_training_state(runs, synthetic_data, tmp_path, capsys):
+    output = tmp_path / "run"
+    shutil.copytree(runs["stopped"], output)
+    state = load_checkpoint(output / "last.pt")
+    del state["optimizer_state"], state["history"], state["config"]["seed"]
+    save_checkpoint(output / "last.pt", state)
+    before = folder_state(output)
+    assert train_cli(*tiny_args(synthetic_data, output, "-e", EPOCHS, "--resume")) == 2
+    assert _one_line_error(capsys) == (
+        f"train.py: error: {output / 'last.pt'}: not a checkpoint to resume from: "
+        "it lacks optimizer_state, history, config seed"
+    )
+    assert folder_state(output) == before
+
+
+# --- data problems found before anything is written -----------------------------------------------
+
+
+def test_data_folder_given_one_level_too_deep(synthetic_data, tmp_path, capsys):
+    split = tmp_path / "data" / SPLIT_FOLDERS["train"]
+    shutil.copytree(synthetic_data / SPLIT_FOLDERS["train"], split)
+    assert train_cli("-d", split, "--model", MODEL, "--device", "cpu", "-e", 1) == 2
+    assert _one_line_error(capsys) == (
+        f"train.py: error: {split / SPLIT_FOLDERS['train']}: no such folder "
+        f"({split} is a split folder itself: give the folder above it, -d {tmp_path / 'data'})"
+    )
+    assert not (split / "models").exists()  # the default run folder inside it came and went
+
+
+def test_fifo_named_as_an_image_does_not_hang(synthetic_data, tmp_path, make_fifo, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data, ignore=shutil.ignore_patterns("models"))
+    valid = data / SPLIT_FOLDERS["valid"]
+    first_name = (valid / "label.csv").read_text().split(",", 1)[0]
+    (valid / first_name).unlink()
+    make_fifo(valid / first_name)
+    assert train_cli(*tiny_args(data, tmp_path / "run", "-e", 0)) == 2
+    assert _one_line_error(capsys) == (
+        f"train.py: error: {valid / 'label.csv'}: line 1: image {valid / first_name}: cannot be read (not a regular file)"
+    )

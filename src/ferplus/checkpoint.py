@@ -1,10 +1,18 @@
-"""Checkpoints: written atomically, read back with clear errors, and turned into ready models."""
+"""Checkpoints: written atomically with a digest of their contents, read back with clear errors,
+and turned into ready models.
+
+A checkpoint records a SHA-256 digest of its contents, checked on every load, so a file damaged
+on disk or in transfer is refused instead of scored.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import pickle
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Mapping, Tuple, Union
 
 import torch
 from torch import nn
@@ -13,38 +21,95 @@ from .errors import FerplusError
 from .fileio import atomic_write
 from .models import create_model
 
-FORMAT = "ferplus-checkpoint-1"
+#: Version 2 records the digest of its contents (version 1 files are refused as foreign).
+FORMAT = "ferplus-checkpoint-2"
+DIGEST_KEY = "sha256"
+#: What every checkpoint holds besides its format and digest; the trainer adds more.
+REQUIRED_KEYS = ("model", "mode", "model_state")
 #: What a checkpoint (and an ONNX export's metadata) says about its network.
 INFO_KEYS = ("model", "mode", "epoch")
 
 PathLike = Union[str, os.PathLike]
 
 
+def content_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a checkpoint's contents: every key and value but the digest itself,
+    tensors by dtype, shape and bytes, in order."""
+    digest = hashlib.sha256()
+    _hash_value(digest, {key: value for key, value in state.items() if key != DIGEST_KEY})
+    return digest.hexdigest()
+
+
+def _hash_value(digest, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)};".encode())
+        for key, item in value.items():
+            _hash_value(digest, key)
+            _hash_value(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__} {len(value)};".encode())
+        for item in value:
+            _hash_value(digest, item)
+    elif value is None or isinstance(value, (bool, int, float, str)):
+        digest.update(f"{type(value).__name__} {value!r};".encode())  # repr: exact for floats, quoted strings
+    else:
+        raise TypeError(f"a checkpoint holds tensors and plain data, not {type(value).__name__}")
+
+
 def save_checkpoint(path: PathLike, state: Dict[str, Any]) -> None:
-    """Save a checkpoint dict atomically.
+    """Save a checkpoint dict atomically, with the digest of its contents.
 
     ``state`` must hold ``model`` (registry name), ``mode`` and ``model_state`` (a state dict);
     the trainer adds the epoch, optimiser state, history and resolved configuration.
     """
-    for key in ("model", "mode", "model_state"):
+    for key in REQUIRED_KEYS:
         if key not in state:
             raise KeyError(f"checkpoint state lacks {key!r}")
     payload = {"format": FORMAT, **state}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    payload[DIGEST_KEY] = content_digest(payload)
+    # Serialised in memory, then written as plain bytes: a full disk then surfaces as the
+    # OSError it is, which torch.save would turn into a RuntimeError.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; a missing or foreign file is a :class:`FerplusError`."""
+    """Read a checkpoint written by :func:`save_checkpoint` and check its digest.
+
+    A missing, foreign or damaged file is a :class:`FerplusError` naming ``path``.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise FerplusError(f"{path}: is a folder; pass a checkpoint file in it (such as {path / 'best.pt'})")
     if not path.is_file():
         raise FerplusError(f"{path}: no such checkpoint file")
     try:
         # weights_only: a checkpoint is tensors and plain data, so loading one never runs code.
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise FerplusError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    except pickle.UnpicklingError:  # what weights_only refuses
+        raise FerplusError(
+            f"{path}: refused: it holds Python objects other than tensors and plain data, which could run code"
+        ) from None
+    except Exception:  # a damaged archive fails in many ways, none of them more telling than this
+        raise FerplusError(f"{path}: not a readable checkpoint (damaged, truncated or not a PyTorch file)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise FerplusError(f"{path}: not a FER+ checkpoint (expected format {FORMAT})")
+    try:
+        intact = state.get(DIGEST_KEY) == content_digest(state)
+    except TypeError:  # a type save_checkpoint never writes
+        intact = False
+    if not intact:
+        raise FerplusError(f"{path}: damaged: its contents do not match the digest recorded in it")
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise FerplusError(f"{path}: not a usable checkpoint: it lacks {', '.join(missing)}")
+    if not isinstance(state["model_state"], dict):
+        raise FerplusError(f"{path}: not a usable checkpoint: its model_state is not a state dict")
     return state
 
 

@@ -10,9 +10,11 @@ majority-labelled images preprocessed once.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 
+from .fileio import read_regular_file
 from .errors import FerplusError
 from .fer_format import (
     EMOTIONS,
@@ -34,11 +37,13 @@ from .fer_format import (
     NUM_VOTES,
     SPLIT_FOLDERS,
 )
-from .labels import EVAL_MODE, get_mode, majority_class, process_votes
+from .images import UnreadableImage, native_stderr_silenced, read_image_file
+from .labels import EVAL_MODE, MAX_VOTES, get_mode, majority_class, process_votes
 from .transforms import CROP_BLOCK, preprocess
 
 _BOX_PATTERN = re.compile(r"^\s*\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)\s*$")
 _VOTE_PATTERN = re.compile(r"^\s*\d+\s*$")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 #: Images augmented and preprocessed per device call (one preprocessing block, so no copy);
 #: minibatches are sliced from such a chunk.
@@ -70,6 +75,8 @@ def _parse_line(row: list[str], where: str) -> tuple[str, tuple[int, ...], list[
     name = row[LABEL_NAME_COLUMN].strip()
     if not name:
         raise FerplusError(f"{where}: empty image name")
+    if _CONTROL_CHARACTER.search(name):  # a NUL byte cannot be part of a file name, the rest should not
+        raise FerplusError(f"{where}: image name {name!r} holds control characters")
     box_match = _BOX_PATTERN.match(row[LABEL_BOX_COLUMN])
     if box_match is None:
         raise FerplusError(f"{where}: face box {row[LABEL_BOX_COLUMN]!r} is not '(left, top, right, bottom)'")
@@ -80,15 +87,25 @@ def _parse_line(row: list[str], where: str) -> tuple[str, tuple[int, ...], list[
     bad = [v for v in votes if not _VOTE_PATTERN.match(v)]
     if bad:
         raise FerplusError(f"{where}: vote counts must be non-negative integers, got {bad[0]!r}")
-    return name, box, [int(v) for v in votes]
+    counts = [int(v) for v in votes]
+    if max(counts) > MAX_VOTES:
+        raise FerplusError(f"{where}: vote count {max(counts)} is larger than {MAX_VOTES}")
+    return name, box, counts
 
 
-def _read_gray(path: Path) -> Union[np.ndarray, None]:
+def _read_gray(path: Path) -> Union[np.ndarray, str]:
+    """The image as uint8 ``(H, W)``, or why it cannot be used."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode copes with any path encoding
-    except OSError:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+        return read_image_file(path, cv2.IMREAD_GRAYSCALE)
+    except UnreadableImage as e:
+        return str(e)
+
+
+def _missing_folder_hint(folder: Path) -> str:
+    """What to do about a split folder that does not exist."""
+    if (folder.parent / LABEL_FILE).is_file():  # the data folder given was itself a split folder
+        return f"{folder.parent} is a split folder itself: give the folder above it, -d {folder.parent.parent}"
+    return "prepare the data with generate_training_data.py first"
 
 
 def read_folder(folder: Union[str, Path]) -> FerFolder:
@@ -97,16 +114,18 @@ def read_folder(folder: Union[str, Path]) -> FerFolder:
     Raises:
         FerplusError: for a missing folder; and naming ``label.csv`` and the line, for a line
             with the wrong number of columns, a box that does not parse or does not fit its
-            image, bad vote counts, a missing or unreadable PNG, or an image whose size differs
-            from the folder's first.
+            image, bad vote counts, an image listed twice, a missing or unreadable image (or
+            one that is not a regular file, or too large to decode), or an image whose size
+            differs from the folder's usual one.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FerplusError(f"{folder}: no such folder (prepare the data with generate_training_data.py first)")
+        raise FerplusError(f"{folder}: no such folder ({_missing_folder_hint(folder)})")
     label_path = folder / LABEL_FILE
     try:
-        with open(label_path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
+        # utf-8-sig: a byte-order mark, as some editors write, is not part of the first name.
+        text = read_regular_file(label_path).decode("utf-8-sig")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
     except OSError as e:
         raise FerplusError(f"{label_path}: cannot read: {e.strerror or e}") from None
     except (UnicodeDecodeError, csv.Error) as e:
@@ -117,25 +136,30 @@ def read_folder(folder: Union[str, Path]) -> FerFolder:
         raise FerplusError(f"{label_path}: no images listed")
     parsed = [_parse_line(row, f"{label_path}: line {number}") for number, row in numbered]
     names = [name for name, _, _ in parsed]
+    first_line: dict[str, int] = {}
+    for (number, _), name in zip(numbered, names):
+        if name in first_line:
+            where = f"{label_path}: line {number}"
+            raise FerplusError(f"{where}: image {name} is listed twice, on lines {first_line[name]} and {number}")
+        first_line[name] = number
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with native_stderr_silenced(), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         images = list(pool.map(_read_gray, [folder / name for name in names]))
 
-    shape = None
+    # The folder's size is the one most of its images have, so an odd image is blamed on its own line.
+    shapes = Counter(image.shape for image in images if not isinstance(image, str))
+    shape = shapes.most_common(1)[0][0] if shapes else None
     for (number, _), (name, box, _), image in zip(numbered, parsed, images):
         where = f"{label_path}: line {number}"
-        if image is None:
-            state = "missing" if not (folder / name).is_file() else "unreadable"
-            raise FerplusError(f"{where}: image {folder / name} is {state}")
+        if isinstance(image, str):
+            raise FerplusError(f"{where}: image {folder / name}: {image}")
         height, width = image.shape
         left, top, right, bottom = box
         if right > width or bottom > height:
             raise FerplusError(f"{where}: face box {box} does not fit image {name} of {width}x{height} pixels")
-        if shape is None:
-            shape = image.shape
-        elif image.shape != shape:
+        if image.shape != shape:
             raise FerplusError(
-                f"{where}: image {name} is {width}x{height} pixels, the folder's first is {shape[1]}x{shape[0]}"
+                f"{where}: image {name} is {width}x{height} pixels, the folder's others are {shape[1]}x{shape[0]}"
             )
     return FerFolder(
         folder=folder,

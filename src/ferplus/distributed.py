@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import FerplusError
+from .errors import EXIT_USAGE, FerplusError
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,21 @@ def broadcast_buffers(module: nn.Module) -> None:
     if is_distributed():
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
+
+
+def raise_on_every_rank(error: Optional[Exception]) -> None:
+    """Raise rank 0's ``error`` on every rank (the other ranks pass None), or return on all of them.
+
+    For checks only rank 0 makes: a rank that raised alone would leave the others waiting for it
+    in their next collective call. Other ranks raise a :class:`FerplusError` with its message.
+    """
+    if is_distributed():
+        shared = [None if error is None else (str(error), getattr(error, "exit_code", EXIT_USAGE))]
+        dist.broadcast_object_list(shared, src=0)
+        if error is None and shared[0] is not None:
+            raise FerplusError(*shared[0])
+    if error is not None:
+        raise error
 
 
 def barrier() -> None:

@@ -19,14 +19,16 @@ rank), so a run resumed from ``last.pt`` ends bit-identical (on CPU) to an unint
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Generator, List, Optional, Tuple
+from typing import Any, Dict, Generator, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -39,7 +41,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import EvalSet, TrainStream, read_folder, summary_table
 from .errors import FerplusError
 from .fer_format import SPLIT_FOLDERS
-from .fileio import atomic_write, write_json
+from .fileio import FolderLock, atomic_write, read_regular_file, remove_stale_temporaries, write_json
 from .hardware import configure_cpu_threads, configure_cuda, use_bf16
 from .labels import get_mode
 from .metrics import PERCENT, summarize
@@ -70,6 +72,13 @@ CONFUSION_FILE = "confusion_test.png"
 STEP, EPOCH_SAVED = "step", "epoch saved"
 
 RunSteps = Generator[str, None, Dict[str, Any]]
+RUN_FILES = (ARGS_FILE, LOG_FILE, RESULTS_FILE, BEST_CHECKPOINT, LAST_CHECKPOINT, CURVES_FILE, CONFUSION_FILE)
+#: What a checkpoint needs beyond the model to continue its run, and the settings it records.
+RESUME_KEYS = (
+    "epoch", "config", "optimizer_state", "history",
+    "best_val_accuracy", "best_epoch", "test_accuracy", "test_confusion",
+)
+STARTED_SETTINGS = (*RESUME_FIXED_SETTINGS, "world_size")
 
 
 @dataclass
@@ -187,8 +196,9 @@ def _final_lines(best_val_accuracy: float, best_epoch: int, test_accuracy: float
 
 
 def _append(path: Path, text: str) -> None:
-    with open(path, "a") as f:
-        f.write(text)
+    # The log is small: rewritten whole and atomically, a full disk never leaves half a line.
+    old = path.read_text()
+    atomic_write(path, lambda tmp: Path(tmp).write_text(old + text))
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -235,13 +245,17 @@ def _resume_state(config: TrainConfig, output: Path) -> Optional[Dict[str, Any]]
     if not last_path.is_file():
         raise FerplusError(f"{last_path}: no checkpoint to resume from (start without --resume)")
     state = load_checkpoint(last_path)
+    started = state.get("config")
+    missing = [key for key in RESUME_KEYS if key not in state]
+    missing += [f"config {key}" for key in STARTED_SETTINGS if not isinstance(started, dict) or key not in started]
+    if missing:
+        raise FerplusError(f"{last_path}: not a checkpoint to resume from: it lacks {', '.join(missing)}")
     if (state["model"], state["mode"]) != (config.model, config.training_mode):
         raise FerplusError(
             f"{last_path}: checkpoint of model {state['model']} in mode {state['mode']}, "
             f"not model {config.model} in mode {config.training_mode}"
         )
     # Resuming replays the remaining epochs of the same run, so what shapes them must not change.
-    started = state["config"]
     for key in RESUME_FIXED_SETTINGS:
         if started[key] != getattr(config, key):
             raise FerplusError(
@@ -257,15 +271,85 @@ def _resume_state(config: TrainConfig, output: Path) -> Optional[Dict[str, Any]]
         raise FerplusError(
             f"{last_path}: already trained {len(state['history'])} epochs, more than --max-epochs {config.max_epochs}"
         )
+    # The weights and optimiser state must fit before the run folder is written to.
+    model = create_model(config.model)
+    try:
+        model.load_state_dict(state["model_state"])
+        make_optimizer(model, config.lr, config.momentum).load_state_dict(state["optimizer_state"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FerplusError(f"{last_path}: its weights do not fit model {config.model} ({detail})") from None
     return state
+
+
+def read_results(path: Path) -> Dict[str, Any]:
+    """The ``results.json`` of a finished run; a :class:`FerplusError` if the file is not one."""
+    try:
+        results = json.loads(read_regular_file(path))
+    except OSError as e:
+        raise FerplusError(f"{path}: cannot read: {e.strerror or e}") from None
+    except ValueError:
+        results, problem = None, "not JSON"
+    else:
+        problem = _results_problem(results)
+    if problem:
+        raise FerplusError(
+            f"{path}: not the results of a run ({problem}); delete it and resume the run to write it again"
+        )
+    return results
+
+
+def finished_results(output: Path, epochs: int) -> Optional[Dict[str, Any]]:
+    """The results of the run in ``output`` if it has trained exactly ``epochs`` epochs, else None."""
+    path = output / RESULTS_FILE
+    if not path.is_file():
+        return None
+    results = read_results(path)
+    return results if results["epochs"] == epochs else None
+
+
+def _results_problem(results: Any) -> Optional[str]:
+    if not isinstance(results, dict):
+        return "not a JSON object"
+    epochs, accuracy = results.get("epochs"), results.get("test_accuracy")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        return f"epochs {epochs!r} is not a positive whole number"
+    if not isinstance(accuracy, (int, float)) or isinstance(accuracy, bool) or not 0 <= accuracy <= 1:
+        return f"test_accuracy {accuracy!r} is not a fraction between 0 and 1"
+    return None
+
+
+@contextlib.contextmanager
+def _claim_run_folder(output: Path, main: bool) -> Iterator[None]:
+    """Hold ``output`` for this run: rank 0 locks it for the run's whole length, and every rank
+    fails when it cannot; then the temporary files of saves that a kill interrupted are removed."""
+    lock = FolderLock(output) if main else None
+    error: Optional[Exception] = None
+    if lock is not None:
+        try:
+            if not lock.acquire():
+                error = FerplusError(f"{output}: in use by another run; wait for it to end or choose another --output")
+        except OSError as e:
+            error = e
+    distributed.raise_on_every_rank(error)
+    try:
+        if lock is not None:
+            remove_stale_temporaries(output, RUN_FILES)
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def train(config: TrainConfig) -> Dict[str, Any]:
     """Train (or resume) one run as ``config`` says and return its results (what ``results.json`` holds).
 
     With ``max_epochs == 0`` it only reads the data, prints the summary table and returns
-    ``{"counts": ...}``. User errors raise :class:`FerplusError` (exit 2); a non-finite
-    training loss stops the run with exit code 1, leaving the last good ``last.pt``.
+    ``{"counts": ...}``. Otherwise the run folder is locked for the whole run (on rank 0), so a
+    second run on it fails at once; resuming a finished run with nothing left to train returns
+    its results and writes nothing. User errors raise :class:`FerplusError` (exit 2), all of
+    them before anything is written; a non-finite training loss stops the run with exit code 1,
+    leaving the last good ``last.pt``.
     """
     return run_to_end(train_steps(config))
 
@@ -292,13 +376,25 @@ def train_steps(config: TrainConfig) -> RunSteps:
         configure_cuda()
     else:
         configure_cpu_threads()
+    output = Path(config.output or default_output(config.base_folder, config.model, config.training_mode))
+    # A run folder belongs to one run: a second one on it fails before it writes anything.
+    claim = _claim_run_folder(output, dist_info.is_main) if config.max_epochs > 0 else contextlib.nullcontext()
     try:
-        return (yield from _train(config, device, dist_info, started))
+        with claim:
+            return (yield from _train(config, output, device, dist_info, started))
+    except KeyboardInterrupt:
+        last = output / LAST_CHECKPOINT
+        if config.max_epochs > 0 and last.is_file():
+            advice = f"{last} keeps the last finished epoch: continue with --resume --output {output}"
+            raise KeyboardInterrupt(advice) from None
+        raise
     finally:
         distributed.cleanup()
 
 
-def _train(config: TrainConfig, device: torch.device, dist_info: distributed.DistInfo, started: float) -> RunSteps:
+def _train(
+    config: TrainConfig, output: Path, device: torch.device, dist_info: distributed.DistInfo, started: float
+) -> RunSteps:
     rank, world_size, main = dist_info.rank, dist_info.world_size, dist_info.is_main
     mode = config.training_mode
     amp = use_bf16(device, config.amp)
@@ -308,8 +404,13 @@ def _train(config: TrainConfig, device: torch.device, dist_info: distributed.Dis
 
     # The run folder first, so that a wrong --output or --resume fails before the data loads:
     # an earlier run is never overwritten unless resumed.
-    output = Path(config.output) if config.output else default_output(config.base_folder, config.model, mode)
     state = _resume_state(config, output) if config.max_epochs > 0 else None
+    finished = state is not None and len(state["history"]) == config.max_epochs
+    results = finished_results(output, config.max_epochs) if finished else None
+    if results is not None:
+        if main:
+            print(f"{output}: already trained {config.max_epochs} epochs, nothing to do (raise -e to train longer)")
+        return results
 
     # Data: the whole split as uint8 on the device; the evaluation sets preprocessed once.
     base_folder = Path(config.base_folder)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import Callable, Optional, Sequence
 
 #: Exit status for problems the user can fix (bad input, bad flags), as argparse uses.
 EXIT_USAGE = 2
+#: Exit status when the command was right but the run failed: a diverging loss, a full disk,
+#: not enough memory.
+EXIT_FAILURE = 1
+#: File-system errors that mean the disk (or the user's quota) is full.
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class FerplusError(Exception):
@@ -22,6 +28,13 @@ class FerplusError(Exception):
         self.exit_code = exit_code
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says the host or the GPU ran out of memory."""
+    torch = sys.modules.get("torch")  # only a process that loaded torch can run out of GPU memory
+    gpu_error = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return isinstance(error, MemoryError) or (gpu_error is not None and isinstance(error, gpu_error))
+
+
 def run_cli(
     main: Callable[[argparse.Namespace], object],
     parser: argparse.ArgumentParser,
@@ -29,9 +42,11 @@ def run_cli(
 ) -> int:
     """Parse ``argv`` with ``parser``, call ``main(args)`` and return the process exit status.
 
-    A :class:`FerplusError` becomes ``error: <message>`` on stderr and its exit code; an
-    ``OSError`` from the file system (a path that cannot be written, say) is reported the same
-    way with exit status 2; Ctrl-C exits with 130 without a traceback.
+    A :class:`FerplusError` becomes ``error: <message>`` on stderr and its exit code. An
+    ``OSError`` from the file system is reported the same way, naming the path: exit status 1
+    for a full disk, 2 for the rest (a path that cannot be written, say). Running out of memory
+    is one line and exit status 1. Ctrl-C exits with 130 without a traceback, with the
+    interrupted program's advice on going on, if it gave one.
     """
     args = parser.parse_args(argv)
     try:
@@ -39,8 +54,9 @@ def run_cli(
     except FerplusError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        advice = f"; {e}" if str(e) else ""
+        print(f"{parser.prog}: interrupted{advice}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # Output piped into a reader that stopped early (`| head`): not an error of ours.
@@ -49,8 +65,14 @@ def run_cli(
         return 0
     except OSError as e:
         # The file system refused (a file where a folder should be, no permission, disk full):
-        # a problem with the paths given, reported like any other bad input.
+        # a problem with the paths given or with the machine, reported like bad input.
         where = f"{e.filename}: " if e.filename else ""
         print(f"{parser.prog}: error: {where}{e.strerror or e}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILURE if e.errno in _DISK_FULL else EXIT_USAGE
+    except Exception as e:
+        if not _out_of_memory(e):
+            raise
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"{parser.prog}: error: out of memory ({first_line})", file=sys.stderr)
+        return EXIT_FAILURE
     return 0

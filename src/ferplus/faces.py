@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import FerplusError
 from .fer_format import IMAGE_SIZE
+from .images import UnreadableImage, native_stderr_silenced, read_image_file
 from .transforms import preprocess
 
 PathLike = Union[str, os.PathLike]
@@ -35,6 +36,10 @@ CROP_MARGIN = 0.02
 SCALE_FACTOR = 1.1
 MIN_NEIGHBORS = 5
 MIN_FACE = 24
+#: Larger photos are searched for faces on a copy shrunk to this side: the cascade's memory
+#: (about 50 bytes a pixel) and time grow with the pixels searched, and a face that is still
+#: MIN_FACE pixels wide at this scale is found all the same.
+DETECT_MAX_SIDE = 2048
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,17 +63,14 @@ def load_detector() -> cv2.CascadeClassifier:
 def read_image(path: PathLike) -> np.ndarray:
     """Read an image file as 8-bit BGR ``(H, W, 3)``; :class:`FerplusError` if it cannot be read.
 
-    Decoding from bytes (rather than ``cv2.imread``) keeps OpenCV's own warnings off stderr.
+    Only regular files of at most :data:`~ferplus.images.MAX_IMAGE_PIXELS` pixels are decoded,
+    and libpng's and OpenCV's own warnings are kept off stderr.
     """
-    path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise FerplusError(f"{path}: cannot read file ({e.strerror or e})") from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise FerplusError(f"{path}: not a readable image")
-    return image
+    with native_stderr_silenced():
+        try:
+            return read_image_file(path, cv2.IMREAD_COLOR)
+        except UnreadableImage as e:
+            raise FerplusError(f"{path}: {e}") from None
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -79,14 +81,23 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 
 
 def detect_faces(gray: np.ndarray) -> np.ndarray:
-    """Faces in a grayscale image as int64 boxes ``(N, 4)`` (left, top, right, bottom), left to right."""
+    """Faces in a grayscale image as int64 boxes ``(N, 4)`` (left, top, right, bottom), left to right.
+
+    An image with a side longer than :data:`DETECT_MAX_SIDE` is searched on a shrunken copy and
+    the boxes are scaled back to its own pixels.
+    """
+    height, width = gray.shape
+    scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
     found = load_detector().detectMultiScale(
         gray, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS, minSize=(MIN_FACE, MIN_FACE)
     )
     boxes = np.zeros((0, 4), dtype=np.int64)
     if len(found):
-        x, y, w, h = np.asarray(found, dtype=np.int64).T
-        boxes = np.stack([x, y, x + w, y + h], axis=1)
+        x, y, w, h = np.asarray(found, dtype=np.float64).T
+        boxes = np.round(np.stack([x, y, x + w, y + h], axis=1) / scale).astype(np.int64)
         boxes = boxes[np.lexsort((boxes[:, 1], boxes[:, 0]))]  # a stable order for output and tests
     return boxes
 

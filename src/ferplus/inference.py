@@ -90,7 +90,8 @@ class ImageResult:
 def find_images(paths: Sequence[PathLike]) -> List[ImageResult]:
     """Expand files and folders (recursively, image suffixes only, sorted) into pending results.
 
-    A path that does not exist, or a folder without images, becomes a result carrying an error.
+    A path that does not exist or is not a regular file, or a folder without images, becomes a
+    result carrying an error.
     """
     found: List[ImageResult] = []
     for arg in map(Path, paths):
@@ -102,6 +103,8 @@ def find_images(paths: Sequence[PathLike]) -> List[ImageResult]:
             found += [ImageResult(p, output_name=Path(arg.resolve().name) / p.relative_to(arg)) for p in images]
         elif arg.is_file():
             found.append(ImageResult(arg, output_name=Path(arg.name)))
+        elif arg.exists():  # a FIFO or a device: reading it could wait forever
+            found.append(ImageResult(arg, error=f"{arg}: not a regular file"))
         else:
             found.append(ImageResult(arg, error=f"{arg}: no such file or folder"))
     return found
@@ -153,7 +156,7 @@ def write_image(path: Path, image: np.ndarray) -> None:
     ok, data = cv2.imencode(path.suffix, image)
     if not ok:
         raise FerplusError(f"{path}: OpenCV cannot write this image format")
-    atomic_write(path, lambda tmp: data.tofile(tmp))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data.tobytes()))
 
 
 def format_result(result: ImageResult) -> str:

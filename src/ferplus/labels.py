@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from .fer_format import EMOTIONS, NUM_EMOTIONS, NUM_VOTES, VOTE_CATEGORIES
 from .losses import LossFn, TargetFn, distribution_target, drawn_target, multi_hot_target, multi_target_loss
 
+#: The largest vote count accepted: an image's votes then always add up within int64.
+MAX_VOTES = np.iinfo(np.int64).max // NUM_VOTES
+
 
 #: Validation and test always use ``majority`` labels, whatever the training mode.
 EVAL_MODE = "majority"

@@ -22,15 +22,13 @@ import onnx
 import torch
 from torch import nn
 
-from .fileio import atomic_write
 from .errors import FerplusError
 from .fer_format import CROP_SIZE, NUM_EMOTIONS
 from .fileio import atomic_write
-from .scorers import INPUT_NAME, OUTPUT_NAME, OnnxModel
+from .scorers import BATCH_AXIS_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModel
 
 PathLike = Union[str, os.PathLike]
 
-BATCH_AXIS_NAME = "N"
 OPSET = 17  # supported by every onnxruntime from 1.12 on and by the legacy exporter of torch 2.1+
 #: onnxruntime's float32 kernels differ from PyTorch's by rounding only; more means a broken graph.
 MAX_ABS_DIFF = 1e-4

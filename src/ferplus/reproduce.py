@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .engine import LAST_CHECKPOINT, RESULTS_FILE, TrainConfig, run_folder_name
-from .errors import FerplusError
+from .engine import LAST_CHECKPOINT, TrainConfig, finished_results, run_folder_name
 from .fer_format import LABEL_FILE, SPLIT_FOLDERS
 from .fileio import atomic_write
 from .labels import MODES
@@ -44,18 +42,6 @@ CSV_COLUMNS = ("mode", "runs", "mean_test_accuracy", "std_test_accuracy", "paper
 def run_folder(root: Path, model: str, mode: str, seed: int) -> Path:
     """The folder of one (mode, seed) run."""
     return root / f"{run_folder_name(model, mode)}_seed{seed}"
-
-
-def _finished(folder: Path, epochs: int) -> Optional[dict]:
-    """The run's results when it has already trained exactly ``epochs`` epochs, else None."""
-    path = folder / RESULTS_FILE
-    if not path.is_file():
-        return None
-    try:
-        results = json.loads(path.read_text())
-    except ValueError:
-        raise FerplusError(f"{path}: not readable JSON; delete it to retrain the run") from None
-    return results if results.get("epochs") == epochs else None
 
 
 def summarize_runs(accuracies: Dict[str, List[float]]) -> List[dict]:
@@ -169,7 +155,7 @@ def reproduce(
     for mode in modes:
         for seed in range(seeds):
             folder = run_folder(root, model, mode, seed)
-            results = _finished(folder, max_epochs)
+            results = finished_results(folder, max_epochs)
             if results is None:
                 config = TrainConfig(
                     base_folder=base_folder, training_mode=mode, max_epochs=max_epochs, seed=seed, device=device,

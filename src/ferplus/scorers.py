@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 
 from .checkpoint import describe, load_model
 from .errors import FerplusError
+from .fer_format import CROP_SIZE, NUM_EMOTIONS
 from .runtime import EVAL_BATCH_SIZE, ScoreFn, predict_scores, resolve_device
 
 PathLike = Union[str, os.PathLike]
@@ -25,6 +26,11 @@ ONNX_SUFFIX = ".onnx"
 #: Tensor names of the ONNX Model Zoo's emotion-ferplus model, so an export drops into the same code.
 INPUT_NAME = "Input3"
 OUTPUT_NAME = "Plus692_Output_0"
+BATCH_AXIS_NAME = "N"
+#: The interface an ONNX file must have: one float input and one float output (None: any batch size).
+INPUT_SHAPE = (None, 1, CROP_SIZE, CROP_SIZE)
+OUTPUT_SHAPE = (None, NUM_EMOTIONS)
+ONNX_FLOAT = "tensor(float)"
 ORT_LOG_FATAL_ONLY = 4
 
 
@@ -58,12 +64,12 @@ class OnnxModel:
             self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own untyped errors for bad files
             raise FerplusError(f"{self.path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-        inputs = [i.name for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
-        if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if not (_is_tensor(inputs, INPUT_NAME, INPUT_SHAPE) and _is_tensor(outputs, OUTPUT_NAME, OUTPUT_SHAPE)):
             raise FerplusError(
-                f"{self.path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
-                f"found inputs {inputs} and outputs {outputs}"
+                f"{self.path}: expected one input {INPUT_NAME} float {_shape_text(INPUT_SHAPE)} and one output "
+                f"{OUTPUT_NAME} float {_shape_text(OUTPUT_SHAPE)}, found inputs {_describe(inputs)} "
+                f"and outputs {_describe(outputs)}"
             )
         #: What the exporter recorded about the network (``model``, ``mode``, ``epoch``), if anything;
         #: ONNX stores strings, so whole numbers are turned back into ints.
@@ -77,6 +83,23 @@ class OnnxModel:
         batch = np.ascontiguousarray(inputs.detach().cpu().numpy(), dtype=np.float32)
         (scores,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
         return torch.from_numpy(scores)
+
+
+def _is_tensor(args: Sequence, name: str, shape: Tuple[Optional[int], ...]) -> bool:
+    """Whether ``args`` (a session's inputs or outputs) is exactly one float tensor ``name`` of
+    ``shape`` (None: any size, named or not)."""
+    if len(args) != 1 or args[0].name != name or args[0].type != ONNX_FLOAT:
+        return False
+    dims = args[0].shape
+    return len(dims) == len(shape) and all(want is None or dim == want for dim, want in zip(dims, shape))
+
+
+def _shape_text(shape: Tuple[Optional[int], ...]) -> str:
+    return "[" + ", ".join(BATCH_AXIS_NAME if dim is None else str(dim) for dim in shape) + "]"
+
+
+def _describe(args: Sequence) -> str:
+    return "[" + ", ".join(f"{arg.name} {arg.type} {arg.shape}" for arg in args) + "]"
 
 
 def is_onnx(path: PathLike) -> bool:
