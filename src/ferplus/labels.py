@@ -16,6 +16,8 @@ EMOTIONS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "
 VOTE_CATEGORIES = EMOTIONS + ("unknown", "NF")
 NUM_EMOTIONS = len(EMOTIONS)
 NUM_VOTES = len(VOTE_CATEGORIES)
+#: The largest vote count accepted: an image's votes then always add up within int64.
+MAX_VOTES = np.iinfo(np.int64).max // NUM_VOTES
 
 #: Training modes; validation and test always use ``majority`` labels.
 MODES = ("majority", "probability", "crossentropy", "multi_target")
