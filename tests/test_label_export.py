@@ -256,6 +256,6 @@ def test_image_listed_twice_is_refused_for_the_tree(tmp_path: Path) -> None:
     folder.mkdir()
     Image.fromarray(np.zeros((48, 48), np.uint8)).save(folder / "a.png")
     (folder / "label.csv").write_text('a.png,"(0, 0, 48, 48)",10,0,0,0,0,0,0,0,0,0\n' * 2)
-    with pytest.raises(FerplusError, match="label.csv: image a.png is listed twice"):
+    with pytest.raises(FerplusError, match="label.csv: line 2: image a.png is listed twice, on lines 1 and 2"):
         export_labels(tmp_path, imagefolder=tmp_path / "tree", splits=["val"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FER2013Valid"]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -140,9 +143,14 @@ def test_empty_names_skipped_and_duplicates_written_once_with_first_votes(tmp_pa
     assert "FER2013Train: written once, with the first row's votes: " + rows[2]["name"] in text
 
 
-def test_process_pool_gives_the_same_output_as_in_process(tmp_path: Path) -> None:
+def test_process_pool_gives_the_same_output_as_in_process_and_never_forks(tmp_path: Path, monkeypatch) -> None:
     pair = Pair(tmp_path / "csv", make_rows(per_split=20)).write()
     generate_training_data(tmp_path / "one", pair.fer, pair.ferplus, progress=False, workers=1)
+
+    def no_fork() -> int:  # a fork would copy this process's threads (torch's, numpy's) mid-flight
+        raise AssertionError("the generator forked its caller")
+
+    monkeypatch.setattr(os, "fork", no_fork)
     generate_training_data(tmp_path / "two", pair.fer, pair.ferplus, progress=False, workers=2)
     assert snapshot(tmp_path / "one") == snapshot(tmp_path / "two")
     assert len(snapshot(tmp_path / "one")) == 3 * 21
@@ -217,12 +225,120 @@ def test_failure_while_writing_leaves_previous_output_intact(tmp_path: Path, mon
 
 def test_leftovers_of_a_killed_run_are_removed(tmp_path: Path) -> None:
     base = tmp_path / "data"
-    dead = base / f"{prepare.STAGING_PREFIX}999999999-abc"  # no such process id
+    dead = base / f"{prepare.STAGING_PREFIX}999999999-abc"
     (dead / "FER2013Train").mkdir(parents=True)
     (dead / "FER2013Train" / "fer0000001.png").write_bytes(b"half")
     pair = Pair(tmp_path / "csv", make_rows()).write()
     generate_training_data(base, pair.fer, pair.ferplus, progress=False)
     assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS)
+
+
+def test_a_second_run_on_the_same_folder_fails_with_one_line_and_touches_nothing(tmp_path: Path, capsys) -> None:
+    base = tmp_path / "data"
+    first = Pair(tmp_path / "a", make_rows(seed=1)).write()
+    second = Pair(tmp_path / "b", make_rows(seed=2)).write()
+    generate_training_data(base, first.fer, first.ferplus, progress=False)
+    before = snapshot(base)
+    capsys.readouterr()
+    with prepare._exclusive(base):  # as a run that is writing holds it
+        argv = ["-d", base, "-fer", second.fer, "-ferplus", second.ferplus, "--quiet"]
+        assert run_script("generate_training_data", *argv) == 2
+    assert capsys.readouterr().err == (
+        f"generate_training_data.py: error: {base}: another run is writing the split folders here; "
+        "try again when it ends\n"
+    )
+    assert snapshot(base) == before
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS)
+
+
+def split_snapshots(base: Path) -> Dict[str, Dict[str, bytes]]:
+    return {folder: snapshot(base / folder) for folder in FOLDERS}
+
+
+# A generator run that SIGKILLs itself just before its k-th os.replace (k > 0) or just after its -k-th.
+KILLED_RUN = r"""
+import os, signal, sys
+from ferplus import prepare
+kill_at, calls, real_replace = int(sys.argv[1]), 0, os.replace
+def replace(*args):
+    global calls
+    calls += 1
+    if calls == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(*args)
+    if calls == -kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+prepare.generate_training_data(*sys.argv[2:], progress=False)
+"""
+
+
+def killed_run(base: Path, pair: Pair, kill_at: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    argv = [sys.executable, "-c", KILLED_RUN, str(kill_at), str(base), str(pair.fer), str(pair.ferplus)]
+    assert subprocess.run(argv, env=env).returncode == -signal.SIGKILL
+
+
+# Swapping three split folders takes six renames: old one out, new one in, per split.
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 6, -6])
+def test_a_kill_at_any_rename_never_loses_a_split(kill_at: int, tmp_path: Path) -> None:
+    base = tmp_path / "data"
+    old = Pair(tmp_path / "old", make_rows(seed=1)).write()
+    new = Pair(tmp_path / "new", make_rows(seed=2)).write()
+    generate_training_data(base, old.fer, old.ferplus, progress=False)
+    generate_training_data(tmp_path / "clean", new.fer, new.ferplus, progress=False)
+    olds, news = split_snapshots(base), split_snapshots(tmp_path / "clean")
+
+    killed_run(base, new, kill_at)
+    for folder, files in split_snapshots(base).items():  # whole, or not there until the next run
+        assert files in ({}, olds[folder], news[folder]), folder
+    # The next run first finishes that swap (the 6 - done renames left), then is killed too,
+    # just before it moves a split of its own.
+    done = kill_at - 1 if kill_at > 0 else -kill_at
+    killed_run(base, old, 6 - done + 1)
+    assert split_snapshots(base) == news
+    # What the next run does first: that run's splits were complete, so it finishes their swap.
+    prepare.recover(base)
+    assert split_snapshots(base) == olds
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS)
+
+
+# Holds a pool whose two workers are busy for a minute, and prints their process ids.
+BUSY_POOL = r"""
+import multiprocessing, time
+from ferplus import prepare
+with prepare._executor(2) as pool:
+    tasks = [pool.submit(time.sleep, 60) for _ in range(2)]
+    print(*(p.pid for p in multiprocessing.active_children()), flush=True)
+    time.sleep(60)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent has not reaped it yet
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_exit_when_the_generator_is_killed() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    parent = subprocess.Popen([sys.executable, "-c", BUSY_POOL], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(workers) == 2
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30  # well before their tasks would end
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = [pid for pid in workers if _running(pid)]
+    for pid in alive:  # not to leave them behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +410,8 @@ BAD_INPUTS: Dict[str, tuple] = {
     "fractional vote": (_ferplus_field(7, 11, "2.5"), "ferplus",
                         "line 7: vote count '2.5' for 'NF' is not a whole number"),
     "empty vote": (_ferplus_field(8, 2, ""), "ferplus", "line 8: vote count '' for 'neutral' is not a whole number"),
+    "huge vote": (_ferplus_field(5, 3, "1" + "0" * 23), "ferplus",
+                  f"line 5: vote count 1{'0' * 23} for 'happiness' is larger than {2**63 // 10}"),
     "ferplus short row": (_lines(lambda p: p.ferplus_lines.__setitem__(2, "Training,fer9.png,1,2")), "ferplus",
                           "line 3: expected 12 fields, found 4"),
     "unsafe image name": (_ferplus_field(2, 1, "../evil.png"), "ferplus",

@@ -22,13 +22,13 @@ import numpy as np
 from PIL import Image
 
 from .fileio import read_regular_file
-from .prepare import PNG_SIGNATURE
 
 #: Images with more pixels are not decoded. 2**27 (134 million, e.g. 13,400 × 10,000) passes the
 #: full resolution of every common camera up to 108-megapixel phones; predict.py takes 1.4 GB at
 #: most on one (a 134-megapixel JPEG, faces found on a shrunken copy, --annotate), while
 #: OpenCV's own limit of 2**30 pixels lets a 1 MB PNG take more than 5 GB.
 MAX_IMAGE_PIXELS = 2**27
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IHDR_END = 24  # a PNG's first chunk, IHDR, holds the width and height in bytes 16-23
 
 

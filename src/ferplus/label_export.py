@@ -46,7 +46,6 @@ import io
 import os
 import shutil
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
@@ -56,7 +55,7 @@ import numpy as np
 from .data import FerFolder, read_folder
 from .datasets import SPLITS, check_split
 from .errors import FerplusError
-from .fer_format import EMOTIONS, LABEL_FILE, VOTE_CATEGORIES
+from .fer_format import EMOTIONS, VOTE_CATEGORIES
 from .fileio import atomic_write
 from .labels import EVAL_MODE, MODES, majority_class, process_votes
 
@@ -145,8 +144,8 @@ def export_labels(
 
     Raises:
         FerplusError: nothing to export, an unknown split, an output that exists (without
-            ``overwrite``) or would replace the data folder, a bad data folder, or (for the
-            tree) an image listed twice in a split; nothing has been written then.
+            ``overwrite``) or would replace the data folder, or a bad data folder (an image
+            listed twice in a split, say); nothing has been written then.
     """
     if csv_dir is None and imagefolder is None:
         raise FerplusError("nothing to export: give a CSV folder, an ImageFolder output or both")
@@ -202,10 +201,6 @@ def _check_tree_output(out: Path, base: Path, overwrite: bool) -> None:
 
 def _write_tree(out: Path, data: Dict[str, FerFolder]) -> Dict[str, int]:
     """Build the ImageFolder tree in a staging folder beside ``out``, then swap it in."""
-    for d in data.values():
-        twice = [name for name, count in Counter(d.names).items() if count > 1]
-        if twice:
-            raise FerplusError(f"{d.folder / LABEL_FILE}: image {twice[0]} is listed twice")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{STAGING_SUFFIX}", dir=out.parent))
     placed = dict.fromkeys(PLACEMENTS, 0)

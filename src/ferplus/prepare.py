@@ -7,15 +7,16 @@ one line per image in CSV order, in the layout the reference trainer reads::
     fer0000000.png,"(0, 0, 48, 48)",4,0,0,1,3,2,0,0,0,0
 
 (image name, the face box ``(left, top, right, bottom)``, then the ten votes in
-:data:`~ferplus.labels.VOTE_CATEGORIES` order).
+:data:`~ferplus.fer_format.VOTE_CATEGORIES` order).
 
-Both files are validated completely before anything is written; the folders are then built in a
-staging folder inside the base folder and renamed into place, so a failed or killed run never
-leaves a half-written split folder behind.
+Both files are validated completely before anything is written. The folders are then built in a
+staging folder inside the base folder and swapped in by a protocol that survives a kill at any
+instant (see :func:`recover`): a split folder is always the complete old one or the complete new
+one, and a rename the kill interrupted is finished by the next run.
 
 Speed: ``fer2013.csv`` is ~300 MB of decimal text. It is read in byte-range chunks whose pixels
-numpy's C text reader parses and range-checks, and the PNGs are written uncompressed (see
-:data:`PNG_ZLIB_LEVEL`); large inputs are parsed by a process pool.
+numpy's C text reader parses and range-checks, and OpenCV writes the PNGs uncompressed (see
+:data:`PNG_COMPRESSION`); large inputs are parsed by a process pool.
 """
 
 from __future__ import annotations
@@ -26,18 +27,19 @@ import errno
 import io
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import shutil
-import struct
 import sys
 import tempfile
-import zlib
+import threading
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -57,6 +59,12 @@ from .fer_format import (
     VOTE_CATEGORIES,
     label_line,
 )
+from .labels import MAX_VOTES
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 PathLike = Union[str, os.PathLike]
 
@@ -68,13 +76,11 @@ FIRST_DATA_LINE = 2  # line 1 of both files is the header
 #: Image names become file names and unquoted label.csv fields, so only plain ``.png`` names pass.
 IMAGE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\.png")
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_GRAYSCALE_8BIT = struct.pack(">BBBBB", 8, 0, 0, 0, 0)  # bit depth 8, grayscale, deflate, filter set 0, no interlace
-PNG_FILTER_NONE = 0  # the filter-type byte that starts every scanline
-# Stored (level 0) deflate: FER2013 faces are noisy photos that deflate shrinks only from ~2.4 to
-# ~1.8 KB, each file takes one 4 KiB filesystem block either way, and compressing 36k images
-# would cost more time than all the rest of the conversion.
-PNG_ZLIB_LEVEL = 0
+#: zlib level of the PNGs: 0 stores the pixels. FER2013 faces are noisy photos that deflate shrinks
+#: only from ~2.4 to ~1.8 KB, each file takes one 4 KiB filesystem block either way, and level 1
+#: takes ~2.5x the encoding time of level 0.
+PNG_COMPRESSION = 0
+_PNG_PARAMS = (cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION)
 
 MAX_CHUNK_BYTES = 4 << 20  # bounds each worker's memory and sets the progress bar's granularity
 CHUNKS_PER_WORKER = 4  # several chunks per worker so that one slow chunk does not idle the others
@@ -83,7 +89,17 @@ PROGRESS_STEP = 1000  # images written between progress bar updates
 POOL_MIN_BYTES = 16 << 20
 FILE_MODE = 0o666  # as open() creates files: the umask decides
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise translate newlines inside PNGs
-STAGING_PREFIX = ".generate-staging-"  # + "<pid>-<random>": lets a later run spot a dead run's leftovers
+STAGING_PREFIX = ".generate-staging-"  # + "<pid>-<random>": lets a later run find a dead run's folder
+#: Created in a staging folder once all its split folders are complete: from then on the new
+#: splits win, and whoever finds the staging folder finishes moving them in.
+COMPLETE_MARKER = "complete"
+#: Where the replaced split folders wait, inside the staging folder, until every new one is in place.
+PREVIOUS_FOLDER = "previous"
+#: Start method of the parsing pool: a fresh interpreter per worker. A forked worker would inherit
+#: the caller's threads (numpy's, tqdm's monitor, torch's pools) in whatever state they were, and a
+#: fork server forks too, from a process that has imported the caller's main module. On the full
+#: fer2013.csv spawn took as long as fork and forkserver, within the noise.
+POOL_START_METHOD = "spawn"
 
 
 @dataclass
@@ -127,13 +143,16 @@ def generate_training_data(
 
     Args:
         base_folder: folder that receives the three split folders (created if needed). Only those
-            three are replaced; anything else in it is left alone.
+            three are replaced; anything else in it is left alone. What a killed earlier run left
+            there is finished first (:func:`recover`), and a second run on it at the same time
+            fails.
         fer_path: the Kaggle ``fer2013.csv`` (``emotion,pixels,Usage``).
         ferplus_path: the FER+ ``fer2013new.csv`` (``Usage,Image name,<ten vote columns>``), the
             same rows in the same order.
         progress: show progress bars on stderr.
         workers: processes that parse ``fer2013.csv``; ``None`` picks one per CPU for large
-            inputs and parses in-process for small ones.
+            inputs and parses in-process for small ones. Like any spawned process, a worker
+            imports the caller's main module again: call this under ``if __name__ == "__main__":``.
 
     Returns:
         Per split folder, in :data:`USAGE_FOLDERS` order: ``usage``, ``rows`` (CSV rows of that
@@ -142,19 +161,15 @@ def generate_training_data(
         written once, with the votes of its first row).
 
     Raises:
-        FerplusError: a file is missing or malformed, or the two files disagree; nothing has
-            been written then.
+        FerplusError: a file is missing or malformed, or the two files disagree, or another run
+            is writing ``base_folder``; nothing has been written then.
     """
     base = Path(base_folder)
     splits, summary = _read_csv_pair(Path(fer_path), Path(ferplus_path), progress, workers)
     base.mkdir(parents=True, exist_ok=True)
-    _remove_dead_staging(base)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=base))
-    try:
-        _write_splits(staging, splits, progress)
-        _move_into_place(staging, base)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _exclusive(base):
+        _finish_killed_runs(base)
+        _replace_splits(base, splits, progress)
     return summary
 
 
@@ -169,6 +184,25 @@ def read_splits(
     ``fer_path`` may also be Kaggle's ``icml_face_data.csv`` (columns ``emotion, Usage, pixels``).
     """
     return _read_csv_pair(Path(fer_path), Path(ferplus_path), progress, workers)[0]
+
+
+def recover(base_folder: PathLike) -> None:
+    """Finish what generator runs killed in ``base_folder`` left behind (every run does this before it writes).
+
+    A run writes its split folders into a staging folder, creates :data:`COMPLETE_MARKER` there,
+    then renames each old split folder into the staging folder's :data:`PREVIOUS_FOLDER` and the
+    new one into its place; only when all three new ones are in place are the old ones deleted.
+    A killed run's staging folder is thus finished forward when it holds the marker (its new
+    splits are complete; a split missing from ``base_folder`` is one of them, not yet moved in),
+    and deleted otherwise (no old split was moved yet).
+
+    Raises:
+        FerplusError: another run is writing ``base_folder``.
+    """
+    base = Path(base_folder)
+    if base.is_dir():
+        with _exclusive(base):
+            _finish_killed_runs(base)
 
 
 def format_summary(summary: Dict[str, Dict[str, Any]]) -> str:
@@ -290,6 +324,8 @@ def _unknown_usage(usage: str) -> str:
 
 def _parse_vote(text: str, category: str, where: str) -> int:
     if text.isascii() and text.isdigit():
+        if int(text) > MAX_VOTES:  # the trainer's reader would refuse the label.csv line
+            raise FerplusError(f"{where}: vote count {text} for {category!r} is larger than {MAX_VOTES}")
         return int(text)
     if text.startswith("-") and text[1:].isascii() and text[1:].isdigit():
         raise FerplusError(f"{where}: negative vote count {text} for {category!r}")
@@ -449,23 +485,12 @@ def _plan_outputs(labels: _Labels) -> Tuple[Dict[str, List[int]], Dict[str, Dict
     return plan, summary
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """An 8-bit grayscale PNG of a 2-D uint8 ``image`` (unfiltered, stored deflate: fast, lossless)."""
-    height, width = image.shape
-    scanlines = np.empty((height, width + 1), dtype=np.uint8)
-    scanlines[:, 0] = PNG_FILTER_NONE
-    scanlines[:, 1:] = image
-    header = struct.pack(">II", width, height) + PNG_GRAYSCALE_8BIT
-    return b"".join((
-        PNG_SIGNATURE,
-        _png_chunk(b"IHDR", header),
-        _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), PNG_ZLIB_LEVEL)),
-        _png_chunk(b"IEND", b""),
-    ))
+def encode_png(image: np.ndarray) -> np.ndarray:
+    """The bytes of an 8-bit grayscale PNG of the 2-D uint8 ``image``, at :data:`PNG_COMPRESSION`."""
+    ok, png = cv2.imencode(".png", image, _PNG_PARAMS)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {image.dtype} image of shape {image.shape} as PNG")
+    return png
 
 
 def _write_pngs(folder: Path, names: Sequence[str], images: np.ndarray) -> None:
@@ -476,7 +501,7 @@ def _write_pngs(folder: Path, names: Sequence[str], images: np.ndarray) -> None:
         # per-file overhead is a large part of the run.
         fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY, FILE_MODE)
         try:
-            if os.write(fd, png) != len(png):  # a short write to a regular file means the disk is full
+            if os.write(fd, png) != png.nbytes:  # a short write to a regular file means the disk is full
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
         finally:
             os.close(fd)
@@ -501,37 +526,71 @@ def _write_splits(staging: Path, splits: Dict[str, SplitData], progress: bool) -
                 f.writelines(label_line(name, votes) for name, votes in zip(split.names, split.votes))
 
 
-def _move_into_place(staging: Path, base: Path) -> None:
-    """Swap the finished split folders in; the old ones go to the staging folder to be deleted.
-
-    Each swap is two renames, so at any moment a split folder is either the complete old one or
-    the complete new one.
-    """
-    replaced = staging / "replaced"
-    replaced.mkdir()
-    for folder in USAGE_FOLDERS.values():
-        target = base / folder
-        if target.exists() or target.is_symlink():
-            os.replace(target, replaced / folder)
-        os.replace(staging / folder, target)
-
-
-def _remove_dead_staging(base: Path) -> None:
-    """Delete staging folders left by runs that were killed (their process no longer exists)."""
-    for path in base.glob(f"{STAGING_PREFIX}*"):
-        pid = path.name[len(STAGING_PREFIX) :].split("-")[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
+def _replace_splits(base: Path, splits: Dict[str, SplitData], progress: bool) -> None:
+    """Write the split folders into a new staging folder in ``base``, mark it complete, and swap them in."""
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=base))
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, but belongs to someone else
-        return True
-    return True
+        _write_splits(staging, splits, progress)
+        (staging / COMPLETE_MARKER).touch(exist_ok=False)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    # From the marker on, a failure leaves the staging folder for the next run to finish.
+    _move_into_place(staging, base)
+
+
+def _move_into_place(staging: Path, base: Path) -> None:
+    """Swap the complete split folders of ``staging`` in, then delete the old ones and ``staging``.
+
+    Each swap is two renames (old folder into :data:`PREVIOUS_FOLDER`, new folder into place),
+    and every step is skipped when already done, so a call after a kill at any point finishes
+    the job. The old folders go only after all new ones are in place.
+    """
+    previous = staging / PREVIOUS_FOLDER
+    previous.mkdir(exist_ok=True)
+    for folder in USAGE_FOLDERS.values():
+        new, target = staging / folder, base / folder
+        if not new.exists():
+            continue  # moved in by an earlier call
+        if target.exists() or target.is_symlink():
+            os.replace(target, previous / folder)
+        os.replace(new, target)
+    shutil.rmtree(previous)  # the marker stays until the old splits are gone, ...
+    shutil.rmtree(staging)  # ... so an unmarked staging folder never holds one
+
+
+def _finish_killed_runs(base: Path) -> None:
+    """Finish or delete the staging folders in ``base`` (see :func:`recover`); the caller holds the lock."""
+    for staging in sorted(base.glob(f"{STAGING_PREFIX}*")):
+        if (staging / COMPLETE_MARKER).exists():
+            _move_into_place(staging, base)
+        else:
+            shutil.rmtree(staging)
+
+
+@contextlib.contextmanager
+def _exclusive(base: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the folder ``base`` itself (so nothing is added to it) while in the block.
+
+    The kernel drops the lock when the process dies, however it dies, so a staging folder found
+    by the holder belongs to a dead run. Without ``fcntl`` (Windows), or on a file system that
+    cannot lock a folder, nothing is locked and one run at a time is the user's care.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(base, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            message = "another run is writing the split folders here; try again when it ends"
+            raise FerplusError(f"{base}: {message}") from None
+        except OSError:
+            pass  # no locks here (some network file systems)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor drops the lock
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,21 +601,33 @@ def _process_alive(pid: int) -> bool:
 def _executor(workers: int) -> Iterator[Optional[Executor]]:
     """A process pool for ``workers > 1``, else None (work in-process).
 
-    On Linux the workers are forked: they start in milliseconds and, unlike spawned ones, do not
-    re-import the caller's main module, so a script without an ``if __name__ == "__main__"``
-    guard works too. They only parse text with numpy, never touching the caller's threads.
-    Elsewhere fork is unsafe and spawn is used. On an error the queued tasks are cancelled
-    rather than run to the end.
+    The workers start by :data:`POOL_START_METHOD` and end themselves when this process dies
+    (:func:`_exit_with_parent`). On an error the queued tasks are cancelled rather than run to the end.
     """
     if workers <= 1:
         yield None
         return
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    context = multiprocessing.get_context(POOL_START_METHOD)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_exit_with_parent)
     try:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _exit_with_parent() -> None:
+    """Pool worker initializer: exit as soon as the process that started the pool dies.
+
+    A worker waiting for its next task would otherwise wait forever after a kill -9 of the
+    parent. The parent's sentinel becomes readable when the parent is gone.
+    """
+    sentinel = multiprocessing.parent_process().sentinel
+    threading.Thread(target=_exit_when_ready, args=(sentinel,), daemon=True).start()
+
+
+def _exit_when_ready(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
 
 
 def _map(pool: Optional[Executor], fn: Callable, tasks: Sequence) -> Iterator:

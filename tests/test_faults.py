@@ -1,0 +1,25 @@
+"""benchmarks/faults.py at a small size: killed generator runs and damaged FER CSVs end cleanly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_generator_kills_and_fer_csv_fuzz_lose_nothing(tmp_path: Path) -> None:
+    table = tmp_path / "faults.json"
+    argv = ["--generator-kills", "2", "--fuzz", "12", "--train-kills", "0", "--label-fuzz", "0", "--seed", "0",
+            "--timeout", "120", "--json", str(table)]
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "faults.py"), *argv],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    parts = {row["part"]: row for row in json.loads(table.read_text())}
+    kills, fuzz = parts["generator kill"], parts["fer csv fuzz"]
+    assert kills["tried"] == 6 + 1 + 2  # before each of the six renames, after the last, two random instants
+    assert fuzz["tried"] == 12
+    for row in (kills, fuzz):
+        assert row["handled"] == row["tried"] and row["leftovers"] == 0, row["notes"]
