@@ -54,6 +54,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ferplus.checkpoint import DIGEST_KEY
 from ferplus.data import read_folder
 from ferplus.errors import FerplusError
 from ferplus.fer_format import LABEL_FILE, SPLIT_FOLDERS, USAGE_FOLDERS
@@ -74,9 +75,10 @@ TRAIN_ARGS = ("-m", "probability", "-e", "3", "-b", "32", "--model", "vgg13_tiny
 #: Address space a child may map (RLIMIT_AS): ample for these small runs, so that a runaway read
 #: (a device named as an image, say) fails before it fills the machine.
 CHILD_MEMORY = 6 << 30
-#: Keys that hold wall times or the run's own location, so differ between equal runs.
+#: Keys that hold wall times or the run's own location, so differ between equal runs (and a
+#: checkpoint's digest, which covers them).
 UNCOMPARED = {"seconds", "train_seconds", "wall_seconds", "session_wall_seconds", "train_images_per_second",
-              "config", "output", "resume"}
+              "config", "output", "resume", DIGEST_KEY}
 
 # The child: cap its memory, load a script without running it, arrange to die just before its
 # k-th rename (k > 0) or just after its -k-th (k < 0), tell the parent it is ready (imports done),
@@ -105,10 +107,9 @@ def counting(real):
         return result
     return rename
 os.replace, os.rename = counting(os.replace), counting(os.rename)
-from ferplus.errors import run_cli
 os.write(ready_fd, b"r")
 os.close(ready_fd)
-code = run_cli(module.main, module.get_args_parser(), sys.argv[5:])
+code = module.run(sys.argv[5:])
 print(f"renames={renames}", file=sys.stdout)
 sys.exit(code)
 """

@@ -1,4 +1,4 @@
-"""benchmarks/faults.py at a small size: killed generator runs and damaged FER CSVs end cleanly."""
+"""benchmarks/faults.py at a small size: killed runs and damaged inputs end cleanly, nothing lost."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_generator_kills_and_fer_csv_fuzz_lose_nothing(tmp_path: Path) -> None:
+def test_kills_and_fuzzed_inputs_lose_nothing(tmp_path: Path) -> None:
     table = tmp_path / "faults.json"
-    argv = ["--generator-kills", "2", "--fuzz", "12", "--train-kills", "0", "--label-fuzz", "0", "--seed", "0",
+    argv = ["--generator-kills", "2", "--fuzz", "12", "--train-kills", "1", "--label-fuzz", "12", "--seed", "0",
             "--timeout", "120", "--json", str(table)]
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "faults.py"), *argv],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     parts = {row["part"]: row for row in json.loads(table.read_text())}
-    kills, fuzz = parts["generator kill"], parts["fer csv fuzz"]
-    assert kills["tried"] == 6 + 1 + 2  # before each of the six renames, after the last, two random instants
-    assert fuzz["tried"] == 12
-    for row in (kills, fuzz):
+    assert parts["generator kill"]["tried"] == 6 + 1 + 2  # before each of the six renames, after the last, two random instants
+    assert parts["train kill"]["tried"] == 1
+    assert parts["fer csv fuzz"]["tried"] == parts["label.csv fuzz"]["tried"] == 12
+    for row in parts.values():
         assert row["handled"] == row["tried"] and row["leftovers"] == 0, row["notes"]

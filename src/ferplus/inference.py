@@ -43,14 +43,6 @@ MIN_FONT_SCALE = 0.4
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def softmax(scores: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of raw scores ``(N, C)`` in float64 (probabilities that sum to one)."""
-    shifted = np.asarray(scores, dtype=np.float64)
-    shifted = shifted - shifted.max(axis=1, keepdims=True)  # no overflow for large scores
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 @dataclass
 class FacePrediction:
     """One face: its box (left, top, right, bottom) in image pixels and the emotion probabilities."""
@@ -126,7 +118,8 @@ def predict_image(image: np.ndarray, scorer: ScoreFn, detect: bool = True) -> Li
         height, width = gray.shape
         boxes = np.array([[0, 0, width, height]], dtype=np.int64)
         crops = resize_face(gray)[None]
-    probabilities = softmax(scorer(torch.from_numpy(face_inputs(crops))).cpu().numpy())
+    scores = scorer(torch.from_numpy(face_inputs(crops)))
+    probabilities = torch.softmax(scores.double(), dim=1).cpu().numpy()  # float64: sums to one
     return [FacePrediction(tuple(int(v) for v in box), p) for box, p in zip(boxes, probabilities)]
 
 
