@@ -7,19 +7,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_kills_and_fuzzed_inputs_lose_nothing(tmp_path: Path) -> None:
     table = tmp_path / "faults.json"
-    argv = ["--generator-kills", "2", "--fuzz", "12", "--train-kills", "1", "--label-fuzz", "12", "--seed", "0",
+    argv = ["--generator-kills", "1", "--fuzz", "6", "--train-kills", "1", "--label-fuzz", "6", "--seed", "0",
             "--timeout", "120", "--json", str(table)]
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "faults.py"), *argv],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     parts = {row["part"]: row for row in json.loads(table.read_text())}
-    assert parts["generator kill"]["tried"] == 6 + 1 + 2  # before each of the six renames, after the last, two random instants
+    assert parts["generator kill"]["tried"] == 6 + 1 + 1  # before each of the six renames, after the last, one random instant
     assert parts["train kill"]["tried"] == 1
-    assert parts["fer csv fuzz"]["tried"] == parts["label.csv fuzz"]["tried"] == 12
+    assert parts["fer csv fuzz"]["tried"] == parts["label.csv fuzz"]["tried"] == 6
     for row in parts.values():
         assert row["handled"] == row["tried"] and row["leftovers"] == 0, row["notes"]
