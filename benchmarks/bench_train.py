@@ -142,6 +142,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, nargs="*", default=None, help="runs at once (default 1 4 8 16 on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--no-compiled", action="store_true", help="skip the torch.compile row (slow to compile)")
+    parser.add_argument(
+        "--repeat", type=int, default=None,
+        help="measure every row this many times, in turn, and keep the fastest (default 1 on CUDA, 2 on CPU)",
+    )
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -167,8 +171,6 @@ def main() -> None:
     settings = [("eager", False, False), ("eager", False, True), ("eager", True, False), ("eager", True, True)]
     if cuda:
         settings = [("eager", True, True), ("graph", False, True), ("graph", True, True)]
-        if not args.no_compiled:
-            settings.append(("compiled", True, True))
     for kind, amp, channels_last in settings:
         label = f"{kind} step: {'bf16' if amp else 'fp32'}{', channels_last' if channels_last else ''}"
         if (kind, amp, channels_last) == (default, bf16, True):
@@ -181,22 +183,41 @@ def main() -> None:
             InterleavedRun(project_run(args.model, data, device, args.batch_size, default, bf16, True, seed=s), device)
             for s in range(k)
         ]))
+    if cuda and not args.no_compiled:  # last: compiling takes a while
+        rows.append(("compiled step: bf16, channels_last", lambda: [
+            Direct(project_run(args.model, data, device, args.batch_size, "compiled", True, True))
+        ]))
+
+    # Rows are measured in turn, round after round, so that a busy spell of a shared machine does
+    # not fall on one row alone; each keeps its fastest round.
+    best, failed = {}, {}
+    for _ in range(args.repeat or (1 if cuda else 2)):
+        for label, make_runs in rows:
+            if label in failed:
+                continue
+            try:
+                figures = measure(make_runs, device, args.batch_size)
+            except Exception as e:  # one failing setting (a compiler missing, say) must not hide the others
+                failed[label] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                traceback.print_exc(file=sys.stderr)
+                continue
+            if label not in best or figures[0] > best[label][0]:
+                best[label] = figures
+            if cuda:
+                torch.cuda.empty_cache()
 
     print(f"\n{'setting':<52} {'images/s':>10} {'ms/step':>9} {'x plain':>8} {'CPU ms/step':>12}")
-    rates = {}
-    for label, make_runs in rows:
-        try:
-            rate, ms, cpu_ms = measure(make_runs, device, args.batch_size)
-        except Exception as e:  # one failing setting (a compiler missing, say) must not hide the others
-            print(f"{label:<52} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
-            traceback.print_exc(file=sys.stderr)
+    base = best.get(rows[0][0], (None,))[0]
+    for label, _ in rows:
+        if label in failed:
+            print(f"{label:<52} {failed[label]}")
             continue
-        rates[label] = rate
-        base = rates.get(rows[0][0])
+        rate, ms, cpu_ms = best[label]
         ratio = f"{rate / base:8.2f}" if base else f"{'':>8}"
-        print(f"{label:<52} {rate:10.0f} {ms:9.2f} {ratio} {cpu_ms:12.2f}", flush=True)
-        if cuda:
-            torch.cuda.empty_cache()
+        print(f"{label:<52} {rate:10.0f} {ms:9.2f} {ratio} {cpu_ms:12.2f}")
+    if not jobs:
+        print("(runs at once not measured: a CPU computes rather than waits, so they share it; --jobs K measures them)")
+    rates = {label: figures[0] for label, figures in best.items()}
 
     default_rate = next((r for label, r in rates.items() if label.endswith("<- train.py")), None)
     if default_rate is None:

@@ -26,6 +26,7 @@ SMOKE=${GPU_CHECK_SMOKE:-0}
 JOBS=${GPU_CHECK_JOBS:-4}
 SEEDS=${GPU_CHECK_SEEDS:-1}
 START=$SECONDS
+START_TIME=$(date -u +%H%M%S)
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # the package of this tree, not installed there
 PY=python3
@@ -34,10 +35,10 @@ mkdir -p "$OUT" "$WORK/logs"
 SUMMARY="$OUT/summary.txt"
 
 if [ "$SMOKE" = 1 ]; then
-  DEVICE=cpu MODEL=vgg13_tiny EPOCHS=1 BENCH_ARGS="--device cpu --model vgg13_tiny --steps 2 --jobs 1 2 --no-compiled"
+  DEVICE=cpu MODEL=vgg13_tiny EPOCHS=${GPU_CHECK_EPOCHS:-1} BENCH_ARGS="--device cpu --model vgg13_tiny --steps 2 --jobs 1 2 --no-compiled"
   CUDA_TESTS="tests/test_fast_step.py tests/test_multirun.py"
 else
-  DEVICE=cuda MODEL=vgg13 EPOCHS=100 BENCH_ARGS="--device cuda"
+  DEVICE=cuda MODEL=vgg13 EPOCHS=${GPU_CHECK_EPOCHS:-100} BENCH_ARGS="--device cuda"
   CUDA_TESTS="tests/"
 fi
 
@@ -58,7 +59,8 @@ step() {
   return $rc
 }
 
-bundle() {  # what comes back: the summary and one archive (no checkpoints)
+bundle() {  # what comes back: the summary and one archive (no checkpoints), which keeps every call's summary
+  cp "$SUMMARY" "$WORK/logs/summary-$ONLY-$START_TIME.txt"
   tar -czf "$OUT/gpu_check.tar.gz" -C "$WORK" --exclude='*.pt' logs $( [ -d "$WORK/runs" ] && echo runs ) 2>/dev/null
 }
 
@@ -96,7 +98,7 @@ tail -n 8 "$WORK/logs/data.log" >>"$SUMMARY"
 # The table: every mode with seed 0 at once; stops after a saved epoch when the time is up and
 # resumes from there on the next call ("table").
 budget=$(( $(left) - 45 ))
-(( budget >= 30 )) && step table $(( budget + 30 )) $PY reproduce.py -d "$DATA" --model $MODEL --device $DEVICE -e $EPOCHS \
+(( budget >= 30 )) && step "table-$START_TIME" $(( budget + 30 )) $PY reproduce.py -d "$DATA" --model $MODEL --device $DEVICE -e $EPOCHS \
   --seeds "$SEEDS" --jobs "$JOBS" --output "$WORK/runs" --time-budget "$budget"
 say "== table: runs (last epoch line, then the result where finished)"
 for log in "$WORK"/runs/*/train.log; do

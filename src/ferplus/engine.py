@@ -366,7 +366,7 @@ def run_to_end(steps: RunSteps) -> Dict[str, Any]:
 def train_steps(config: TrainConfig) -> RunSteps:
     """:func:`train` as a generator: it yields :data:`STEP` after every training step and
     :data:`EPOCH_SAVED` after every saved epoch, and returns the results, so that a caller
-    can interleave several runs in one process (:mod:`ferplus.concurrent`)."""
+    can interleave several runs in one process (:mod:`ferplus.multirun`)."""
     started = time.perf_counter()
     _check_config(config)
     device = resolve_device(config.device)
