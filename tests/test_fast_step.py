@@ -45,6 +45,12 @@ def train_steps(step: EagerStep, batches: list, seed: int = 0) -> None:
         step(*batch)
 
 
+def train_both(eager: EagerStep, fast: EagerStep, batches: list) -> None:
+    """The same minibatches, learning rates and dropout seed through the eager and the fast step."""
+    train_steps(eager, batches)
+    train_steps(fast, batches)
+
+
 def pair(
     device: torch.device, mode: str, amp: bool = False, graph: bool = False, dropout: bool = True, model_name: str = MODEL
 ):
@@ -79,8 +85,7 @@ def test_fast_step_matches_eager_on_cpu(mode):
     device = torch.device("cpu")
     eager, fast = pair(device, mode)
     batches = minibatches(device, mode)
-    train_steps(eager, batches)
-    train_steps(fast, batches)
+    train_both(eager, fast, batches)
     # Only the SGD update's rounding differs (one fused multiply-add against two roundings).
     assert_same_state(eager, fast, rtol=1e-3, atol=1e-5)
     assert fast.lr.item() == pytest.approx(LRS[-1])
@@ -90,8 +95,7 @@ def test_fast_step_updates_batch_norm_like_eager():
     device = torch.device("cpu")
     eager, fast = pair(device, "majority", model_name=BN_MODEL)
     batches = minibatches(device, "majority")
-    train_steps(eager, batches)
-    train_steps(fast, batches)
+    train_both(eager, fast, batches)
     # Everything but the convolution biases that batch norm cancels: their gradients are
     # rounding noise, which the two updates round differently.
     cancelled = {f"{name}.bias" for name, module in eager.model.named_modules() if isinstance(module, torch.nn.Conv2d)}
@@ -106,8 +110,7 @@ def test_fast_step_matches_eager_under_cpu_bf16_autocast():
     device = torch.device("cpu")
     eager, fast = pair(device, "majority", amp=True)
     batches = minibatches(device, "majority")
-    train_steps(eager, batches)
-    train_steps(fast, batches)
+    train_both(eager, fast, batches)
     assert_same_state(eager, fast, rtol=2e-2, atol=2e-3)
 
 
@@ -157,8 +160,7 @@ def test_graph_matches_eager(mode, exact_cuda):
     eager, fast = pair(exact_cuda, mode, graph=True)
     assert fast.graph is not None
     batches = minibatches(exact_cuda, mode)
-    train_steps(eager, batches)
-    train_steps(fast, batches)
+    train_both(eager, fast, batches)
     assert_same_state(eager, fast, rtol=1e-3, atol=1e-5)
 
 
@@ -166,8 +168,7 @@ def test_graph_matches_eager(mode, exact_cuda):
 def test_graph_matches_eager_without_dropout(exact_cuda):
     eager, fast = pair(exact_cuda, "probability", graph=True, dropout=False)
     batches = minibatches(exact_cuda, "probability")
-    train_steps(eager, batches)
-    train_steps(fast, batches)
+    train_both(eager, fast, batches)
     assert_same_state(eager, fast, rtol=1e-3, atol=1e-5)
 
 
@@ -176,8 +177,7 @@ def test_graph_matches_eager_under_bf16_autocast():
     device = torch.device("cuda")
     eager, fast = pair(device, "majority", amp=True, graph=True)
     batches = minibatches(device, "majority")
-    train_steps(eager, batches)
-    train_steps(fast, batches)
+    train_both(eager, fast, batches)
     assert_same_state(eager, fast, rtol=2e-2, atol=2e-3)
 
 
