@@ -18,7 +18,7 @@ import torch
 
 from ferplus.checkpoint import load_model, save_checkpoint
 from ferplus.data import EvalSet, read_folder
-from ferplus.faces import DETECT_MAX_SIDE, crop_faces, detect_faces
+from ferplus.predict.faces import DETECT_MAX_SIDE, crop_faces, detect_faces
 from ferplus.images import MAX_IMAGE_PIXELS
 from ferplus.runtime import predict_scores
 from ferplus.labels import EMOTIONS

@@ -13,7 +13,7 @@ import argparse
 from typing import Optional, Sequence
 
 from ..errors import FerplusError, run_cli
-from ..inference import predict_images
+from ..predict.photos import predict_images
 from .common import add_device
 
 EXIT_SOME_FAILED = 1

@@ -16,10 +16,10 @@ from typing import Union
 import cv2
 import numpy as np
 
-from .errors import FerplusError
-from .fer_format import IMAGE_SIZE
-from .images import UnreadableImage, native_stderr_silenced, read_image_file
-from .transforms import preprocess
+from ..errors import FerplusError
+from ..fer_format import IMAGE_SIZE
+from ..images import UnreadableImage, native_stderr_silenced, read_image_file
+from ..transforms import preprocess
 
 PathLike = Union[str, os.PathLike]
 

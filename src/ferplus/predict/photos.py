@@ -18,13 +18,13 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import FerplusError
+from ..errors import FerplusError
 from .faces import crop_faces, detect_faces, face_inputs, read_image, resize_face, to_gray
-from .fer_format import EMOTIONS
-from .fileio import atomic_write
-from .metrics import PERCENT
-from .runtime import ScoreFn
-from .scorers import load_scorer
+from ..fer_format import EMOTIONS
+from ..fileio import atomic_write
+from ..metrics import PERCENT
+from ..runtime import ScoreFn
+from ..scorers import load_scorer
 
 PathLike = Union[str, os.PathLike]
 
