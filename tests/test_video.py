@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +248,46 @@ def test_prediction_imports_no_training_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
     assert out.stdout.strip() == "[]"
+
+
+def test_files_by_any_name_are_tried_as_photo_then_video(clip, photo, models, tmp_path, capsys):  # noqa: F811
+    video, picture = tmp_path / "recording.bin", tmp_path / "portrait.dat"
+    video.write_bytes(clip.read_bytes())
+    picture.write_bytes(photo.read_bytes())
+    assert predict("--model", models["checkpoint"], video, picture, "--every", "10", "--json") == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [v["path"] for v in document["videos"]] == [str(video)]
+    assert [f["frame"] for f in document["videos"][0]["frames"]] == [0, 10, 20]
+    assert [i["path"] for i in document["images"]] == [str(picture)] and document["images"][0]["faces"]
+
+
+class _CameraStub:
+    """A camera that is the test clip, whose user presses Ctrl-C after ``frames`` frames."""
+
+    def __init__(self, clip: Path, frames: int) -> None:
+        self._capture, self._left = cv2.VideoCapture(str(clip)), frames
+
+    def grab(self) -> bool:
+        if not self._left:
+            raise KeyboardInterrupt
+        self._left -= 1
+        return self._capture.grab()
+
+    def __getattr__(self, name):
+        return getattr(self._capture, name)
+
+
+def test_camera_prints_frames_and_ctrl_c_ends_the_run_whole(clip, models, tmp_path, monkeypatch, capsys):  # noqa: F811
+    real = cv2.VideoCapture
+    monkeypatch.setattr(cv2, "VideoCapture", lambda source: _CameraStub(clip, 8) if isinstance(source, int) else real(source))
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    table = tmp_path / "camera.csv"
+    assert predict("--model", models["checkpoint"], "--camera", "0", "--csv", table, "--annotate", tmp_path / "out") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" at ")[0] for line in lines[:8]] == [f"camera 0 frame {i}" for i in range(8)]
+    assert re.fullmatch(r"camera 0 frame 0 at \d+\.\d\d s: #1 [a-z]+ \d+%", lines[0])
+    assert lines[8] == "camera 0: 8 frames, 8 scored, 1 track"
+    with open(table, newline="") as f:
+        assert [r["source"] for r in csv.DictReader(f)] == ["camera 0"] * 8
+    assert cv2.VideoCapture(str(tmp_path / "out" / "camera-0.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 8

@@ -215,25 +215,34 @@ class _Run:
 
     def source(self, source: Source) -> None:
         """Predict on one source found on the command line and report it."""
-        if source.error is None and source.kind != "image":
+        if source.error is not None or source.kind == "image":
+            self.photo(source)
+            return
+        if source.kind == "either":  # a photo by another name, or a video OpenCV opens
             try:
-                video = VideoSource(source.path)
-            except VideoError as e:
-                if source.kind == "video":
-                    self._video_done(VideoResult(str(source.path), error=str(e)))
-                    return
+                image = read_image(source.path)
+            except FerplusError as e:
+                source.error = str(e)
             else:
-                self.video(video, source.output_name)
+                self.photo(source, image)
                 return
-        self.photo(source)
+        try:
+            video = VideoSource(source.path)
+        except VideoError as e:
+            if source.kind == "video":
+                self._video_done(VideoResult(str(source.path), error=str(e)))
+            else:
+                self.photo(source)  # reported as the photo it could not be read as
+            return
+        self.video(video, source.output_name)
 
-    def photo(self, source: Source) -> None:
-        """Predict on one photo, write its outputs and report it."""
+    def photo(self, source: Source, image: Optional[np.ndarray] = None) -> None:
+        """Predict on one photo (``image``, if already read), write its outputs and report it."""
         result = ImageResult(source.path, output_name=source.output_name, error=source.error)
         given, result.error = self._given_boxes(source.path) if result.error is None else (None, result.error)
         if result.error is None:
             try:
-                image = read_image(result.path)
+                image = read_image(result.path) if image is None else image
             except FerplusError as e:
                 result.error = str(e)
             else:
