@@ -262,10 +262,10 @@ def test_files_by_any_name_are_tried_as_photo_then_video(clip, photo, models, tm
 
 
 class _CameraStub:
-    """A camera that is the test clip, whose user presses Ctrl-C after ``frames`` frames."""
+    """A capture (of the test clip, say) whose user presses Ctrl-C after ``frames`` frames."""
 
-    def __init__(self, clip: Path, frames: int) -> None:
-        self._capture, self._left = cv2.VideoCapture(str(clip)), frames
+    def __init__(self, capture: cv2.VideoCapture, frames: int) -> None:
+        self._capture, self._left = capture, frames
 
     def grab(self) -> bool:
         if not self._left:
@@ -279,7 +279,8 @@ class _CameraStub:
 
 def test_camera_prints_frames_and_ctrl_c_ends_the_run_whole(clip, models, tmp_path, monkeypatch, capsys):  # noqa: F811
     real = cv2.VideoCapture
-    monkeypatch.setattr(cv2, "VideoCapture", lambda source: _CameraStub(clip, 8) if isinstance(source, int) else real(source))
+    camera = lambda source: _CameraStub(real(str(clip)), 8) if isinstance(source, int) else real(source)  # noqa: E731
+    monkeypatch.setattr(cv2, "VideoCapture", camera)
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     table = tmp_path / "camera.csv"
@@ -291,3 +292,12 @@ def test_camera_prints_frames_and_ctrl_c_ends_the_run_whole(clip, models, tmp_pa
     with open(table, newline="") as f:
         assert [r["source"] for r in csv.DictReader(f)] == ["camera 0"] * 8
     assert cv2.VideoCapture(str(tmp_path / "out" / "camera-0.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 8
+
+
+def test_a_video_run_interrupted_leaves_nothing_half_written(clip, models, tmp_path, monkeypatch, capsys):  # noqa: F811
+    real = cv2.VideoCapture
+    monkeypatch.setattr(cv2, "VideoCapture", lambda source: _CameraStub(real(source), 20))  # Ctrl-C at frame 20
+    table, annotated = tmp_path / "faces.csv", tmp_path / "annotated"
+    assert predict("--model", models["checkpoint"], clip, "--csv", table, "--annotate", annotated) == 130
+    assert "predict.py: interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["annotated"]  # no CSV, no video, no temporary file

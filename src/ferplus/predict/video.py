@@ -17,7 +17,6 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import cv2
