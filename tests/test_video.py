@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ferplus.fer_format import EMOTIONS
+from ferplus.predict.drawing import _broken_at_gaps
 from ferplus.predict.outputs import CSV_COLUMNS
 from ferplus.predict.photos import predict_image
 from ferplus.predict.tracking import MAX_MISSED, Tracker
@@ -146,6 +147,13 @@ def test_annotated_video_timeline_and_json_summary(clip, models, tmp_path, capsy
     # Smoothed over half a second: later frames average several raw ones, so they change less.
     faces = [f["faces"][0]["probabilities"] for f in video["frames"] if f["faces"]]
     assert all(sum(p.values()) == pytest.approx(1.0) for p in faces)
+
+
+def test_timeline_lines_break_where_a_track_was_unseen():
+    probabilities = [np.full(len(EMOTIONS), 1 / len(EMOTIONS))] * 5
+    times, values = _broken_at_gaps([0.0, 0.1, 0.2, 0.6, 0.7], probabilities)
+    np.testing.assert_array_equal(np.isnan(times), [False, False, False, True, False, False])
+    assert np.isnan(values[3]).all() and not np.isnan(np.delete(values, 3, axis=0)).any()
 
 
 def test_smoothing_averages_a_tracks_recent_frames(clip, models):  # noqa: F811

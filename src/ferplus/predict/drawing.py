@@ -39,6 +39,8 @@ TIMELINE_ROW_HEIGHT = 2.0  # inches per track
 #: Tracks drawn in a timeline at most (the longest ones), so that a crowded clip stays readable.
 TIMELINE_MAX_TRACKS = 8
 DPI = 100
+#: A track unseen for more than this many of its usual steps between frames has a gap in its lines.
+GAP_STEPS = 2.0
 
 
 def annotate(image: np.ndarray, faces: Iterable[FacePrediction]) -> np.ndarray:
@@ -95,8 +97,7 @@ def write_timeline(
     axes = figure.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
     colors = [tuple(c / 255 for c in reversed(bgr)) for bgr in EMOTION_COLORS]
     for ax, track in zip(axes, tracks):
-        times, probabilities = series[track]
-        values = np.asarray(probabilities).reshape(-1, len(EMOTIONS))
+        times, values = _broken_at_gaps(*series[track])
         for k, name in enumerate(EMOTIONS):
             ax.plot(times, values[:, k], ".-" if len(times) < 3 else "-", color=colors[k], label=name, linewidth=1.5)
         ax.set_ylim(0, 1)
@@ -110,4 +111,16 @@ def write_timeline(
         axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     figure.tight_layout()
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+
+
+def _broken_at_gaps(times: List[float], probabilities: List[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """The series with a NaN row inserted wherever the track went unseen for over twice its usual
+    step, so that the lines break there instead of bridging the gap."""
+    times_array = np.asarray(times, dtype=np.float64)
+    values = np.asarray(probabilities, dtype=np.float64).reshape(-1, len(EMOTIONS))
+    if len(times_array) < 3:
+        return times_array, values
+    steps = np.diff(times_array)
+    gaps = np.flatnonzero(steps > GAP_STEPS * np.median(steps)) + 1
+    return np.insert(times_array, gaps, np.nan), np.insert(values, gaps, np.nan, axis=0)
 

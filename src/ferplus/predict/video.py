@@ -46,8 +46,12 @@ SAME_FACE_IOU = 0.5
 #: The rate assumed for a video or camera that reports none.
 FALLBACK_FPS = 30.0
 MS = 1000.0
-# OpenCV's log lines start "[ERROR:0@0.095] global cap_ffmpeg_impl.hpp:1430 open "; the rest is the news.
-_LOG_PREFIX = re.compile(r"^\[\s*\w+:\d+@[\d.]+\]\s+global\s+\S+\s+\S+\s+")
+#: Lines of OpenCV's and FFmpeg's own messages quoted in a one-line error: the cause and its outcome.
+MESSAGE_LINES = 2
+# OpenCV's log lines start "[ERROR:0@0.095] global cap_ffmpeg_impl.hpp:1430 open "; FFmpeg's
+# "[mov,mp4,m4a @ 0x55f84bdca6c0] ". The rest is the news.
+_OPENCV_PREFIX = re.compile(r"^\[\s*\w+:\d+@[\d.]+\]\s+global\s+\S+\s+\S+\s+")
+_FFMPEG_PREFIX = re.compile(r"^\[([^\]@]+?) @ 0x[0-9a-fA-F]+\]\s*")
 
 
 class VideoError(FerplusError):
@@ -64,6 +68,7 @@ class NativeMessages:
     def __init__(self) -> None:
         self._file = tempfile.TemporaryFile()
         self._saved: Optional[int] = None
+        self._read = 0
 
     def __enter__(self) -> "NativeMessages":
         import sys
@@ -80,11 +85,18 @@ class NativeMessages:
             os.close(self._saved)
             self._saved = None
 
-    def last(self) -> str:
-        """The last line printed so far, without OpenCV's log prefix ('' if none)."""
-        self._file.seek(0)
-        lines = [line.strip() for line in self._file.read().decode("utf-8", "replace").splitlines() if line.strip()]
-        return _LOG_PREFIX.sub("", lines[-1]) if lines else ""
+    def said(self) -> str:
+        """The last :data:`MESSAGE_LINES` distinct lines printed since the previous call, without the
+        log prefixes of OpenCV and FFmpeg, joined by "; " ('' if none)."""
+        self._file.seek(self._read)
+        text = self._file.read().decode("utf-8", "replace")
+        self._read = self._file.tell()
+        lines: List[str] = []
+        for line in text.splitlines():
+            line = _FFMPEG_PREFIX.sub(r"\1: ", _OPENCV_PREFIX.sub("", line.strip()))
+            if line and line not in lines:
+                lines.append(line)
+        return "; ".join(lines[-MESSAGE_LINES:])
 
     def close(self) -> None:
         self._file.close()
@@ -111,7 +123,7 @@ class VideoSource:
         with self.messages:
             self.capture = cv2.VideoCapture(source if self.camera else str(source))
         if not self.capture.isOpened():
-            said = self.messages.last()
+            said = self.messages.said()
             self.close()
             what = "cannot be opened" if self.camera else "cannot be opened as a video"
             raise VideoError(f"{self.name}: {what} (OpenCV: {said or 'no video backend reads it'})")
@@ -147,7 +159,7 @@ class VideoSource:
             index += 1
             self.frames_read = index
             yield Frame(index - 1, time_s, sampled, image)
-        said = self.messages.last()
+        said = self.messages.said()
         said = f"; OpenCV: {said}" if said else ""
         if index == 0:
             raise VideoError(f"{self.name}: no frame could be decoded (codec {self.codec or 'unknown'}{said})")
