@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Predict the emotions of faces in photos: python predict.py --model RUN/best.pt photo.jpg
+"""Predict the emotions of faces in photos and videos: python predict.py --model RUN/best.pt photo.jpg clip.mp4
 
 The same as ``ferplus-predict``; the command line lives in ``src/ferplus/cli/predict.py``.
 """

@@ -18,7 +18,7 @@ import torch
 
 from ferplus.checkpoint import load_model, save_checkpoint
 from ferplus.data import EvalSet, read_folder
-from ferplus.faces import DETECT_MAX_SIDE, crop_faces, detect_faces
+from ferplus.predict.faces import DETECT_MAX_SIDE, crop_faces, detect_faces
 from ferplus.images import MAX_IMAGE_PIXELS
 from ferplus.runtime import predict_scores
 from ferplus.labels import EMOTIONS
@@ -161,6 +161,38 @@ def test_failures_are_reported_and_the_run_goes_on(photo, models, tmp_path, caps
     assert np.abs(drawn.astype(int) - original.astype(int)).max() > 100  # boxes and labels were drawn
 
 
+def test_annotating_never_writes_over_an_input(photo, models, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    named = photos / "photo.jpg"
+    shutil.copy(photo, named)
+    original = named.read_bytes()
+    elsewhere = tmp_path / "elsewhere.jpg"
+    shutil.copy(photo, elsewhere)
+    os.link(elsewhere, photos / "elsewhere.jpg")  # the same file as an input, by another name
+    model = str(models["checkpoint"])
+
+    # A photo named directly, annotated into its own folder; another whose name there is a hard link to it.
+    assert predict(["--model", model, str(named), str(elsewhere), "--annotate", str(photos)]) == 0
+    assert named.read_bytes() == original and elsewhere.read_bytes() == original
+    # Nothing half-written beside them.
+    assert sorted(p.name for p in photos.iterdir()) == ["elsewhere-2.jpg", "elsewhere.jpg", "photo-2.jpg", "photo.jpg"]
+    for copy in ("photo-2.jpg", "elsewhere-2.jpg"):
+        drawn = cv2.imread(str(photos / copy)).astype(int)
+        assert np.abs(drawn - cv2.imread(str(photo)).astype(int)).max() > 100
+    # A folder annotated into its parent: the copy's path would be the photo itself.
+    album = tmp_path / "album"
+    album.mkdir()
+    shutil.copy(photo, album / "photo.jpg")
+    assert predict(["--model", model, str(album), "--annotate", str(tmp_path)]) == 0
+    assert (album / "photo.jpg").read_bytes() == original
+    assert sorted(p.name for p in album.iterdir()) == ["photo-2.jpg", "photo.jpg"]
+
+    assert predict(["--model", model, str(named), "--csv", str(named)]) == 2
+    assert f"--csv {named}: that is one of the inputs" in capsys.readouterr().err
+    assert named.read_bytes() == original
+
+
 def test_json_output_for_a_photo(photo, models, capsys):
     assert predict(["--model", str(models["onnx"]), "--json", str(photo)]) == 0
     document = json.loads(capsys.readouterr().out)
@@ -176,7 +208,7 @@ def test_json_output_for_a_photo(photo, models, capsys):
 def test_empty_folder_and_bad_model(models, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert predict(["--model", str(models["onnx"]), str(tmp_path / "empty")]) == 1
-    assert "empty: no images in this folder" in capsys.readouterr().err
+    assert "empty: no images or videos in this folder" in capsys.readouterr().err
     assert predict(["--model", str(tmp_path / "nope.pt"), str(tmp_path / "empty")]) == 2
     assert "nope.pt: no such checkpoint file" in capsys.readouterr().err
 

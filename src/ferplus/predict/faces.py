@@ -11,15 +11,17 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import cv2
 import numpy as np
+import torch
 
-from .errors import FerplusError
-from .fer_format import IMAGE_SIZE
-from .images import UnreadableImage, native_stderr_silenced, read_image_file
-from .transforms import preprocess
+from ..errors import FerplusError
+from ..fer_format import IMAGE_SIZE, NUM_EMOTIONS
+from ..images import UnreadableImage, native_stderr_silenced, read_image_file
+from ..runtime import ScoreFn
+from ..transforms import preprocess
 
 PathLike = Union[str, os.PathLike]
 
@@ -40,6 +42,14 @@ MIN_FACE = 24
 #: (about 50 bytes a pixel) and time grow with the pixels searched, and a face that is still
 #: MIN_FACE pixels wide at this scale is found all the same.
 DETECT_MAX_SIDE = 2048
+#: Between full searches (video), a tracked face is looked for within this many of its box's
+#: sides around it, at sizes within this factor of its box: faces move and turn little from one
+#: sampled frame to the next.
+NEAR_REACH = 1.0
+NEAR_SIZE = 1.4
+#: Fewer neighbouring hits are asked for there: the window is small, its border cuts off some of
+#: a face's hits, and a face was just seen at that place and size.
+NEAR_NEIGHBORS = 3
 
 
 @functools.lru_cache(maxsize=1)
@@ -80,20 +90,54 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
-def detect_faces(gray: np.ndarray) -> np.ndarray:
+def detect_faces(gray: np.ndarray, max_side: int = DETECT_MAX_SIDE) -> np.ndarray:
     """Faces in a grayscale image as int64 boxes ``(N, 4)`` (left, top, right, bottom), left to right.
 
-    An image with a side longer than :data:`DETECT_MAX_SIDE` is searched on a shrunken copy and
-    the boxes are scaled back to its own pixels.
+    An image with a side longer than ``max_side`` is searched on a shrunken copy and the boxes
+    are scaled back to its own pixels.
     """
     height, width = gray.shape
-    scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
+    scale = min(1.0, max_side / max(height, width))
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
     found = load_detector().detectMultiScale(
         gray, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS, minSize=(MIN_FACE, MIN_FACE)
     )
+    return _sorted_boxes(found, scale)
+
+
+def detect_face_near(gray: np.ndarray, box: np.ndarray) -> Optional[np.ndarray]:
+    """The face in a window around ``box`` (left, top, right, bottom) of about its size, or None.
+
+    Between full searches a tracked face is looked for only where it was: a window of
+    :data:`NEAR_REACH` box sides around it, and face sizes within :data:`NEAR_SIZE` of the
+    box's, which costs a small fraction of a search of the whole frame. Of several hits the
+    one nearest to ``box``'s centre is returned.
+    """
+    left, top, right, bottom = (int(v) for v in box)
+    side = max(right - left, bottom - top)
+    reach = int(round(NEAR_REACH * side))
+    height, width = gray.shape
+    x0, y0 = max(0, left - reach), max(0, top - reach)
+    x1, y1 = min(width, right + reach), min(height, bottom + reach)
+    low, high = round(side / NEAR_SIZE), round(side * NEAR_SIZE)
+    if x1 - x0 < low or y1 - y0 < low:
+        return None
+    found = load_detector().detectMultiScale(
+        gray[y0:y1, x0:x1], scaleFactor=SCALE_FACTOR, minNeighbors=NEAR_NEIGHBORS,
+        minSize=(max(MIN_FACE, low),) * 2, maxSize=(high, high),
+    )
+    boxes = _sorted_boxes(found, 1.0) + np.array([x0, y0, x0, y0])
+    if not len(boxes):
+        return None
+    centre = np.array([left + right, top + bottom])
+    distance = np.abs(boxes[:, [0, 1]] + boxes[:, [2, 3]] - centre).sum(axis=1)
+    return boxes[int(np.argmin(distance))]
+
+
+def _sorted_boxes(found: Sequence, scale: float) -> np.ndarray:
+    """The cascade's (x, y, w, h) hits as int64 (left, top, right, bottom) boxes in full-size pixels, left to right."""
     boxes = np.zeros((0, 4), dtype=np.int64)
     if len(found):
         x, y, w, h = np.asarray(found, dtype=np.float64).T
@@ -156,3 +200,14 @@ def face_inputs(crops: np.ndarray) -> np.ndarray:
     """
     boxes = np.tile(np.array([[0, 0, FACE_SIZE, FACE_SIZE]], dtype=np.int64), (len(crops), 1))
     return preprocess(crops, boxes=boxes, augment=False)
+
+
+def face_probabilities(scorer: ScoreFn, crops: np.ndarray) -> np.ndarray:
+    """Emotion probabilities float64 ``(N, 8)`` of 48×48 face crops, in one call of ``scorer``.
+
+    Softmax in float64, so that each row sums to one; no crops give an empty ``(0, 8)``.
+    """
+    if not len(crops):
+        return np.zeros((0, NUM_EMOTIONS))
+    scores = scorer(torch.from_numpy(face_inputs(crops)))
+    return torch.softmax(scores.double(), dim=1).cpu().numpy()
