@@ -67,9 +67,17 @@ def alone(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def assert_same_run(folder: Path, alone: Path) -> None:
-    expected = json.loads((alone / "results.json").read_text())
-    assert run_independent(json.loads((folder / "results.json").read_text())) == run_independent(expected)
+def comparable(results: dict, ignore: tuple = ()) -> dict:
+    """``results`` without its run-specific fields, nor the ``ignore`` settings of its config."""
+    results = run_independent(results)
+    results["config"] = {key: value for key, value in results["config"].items() if key not in ignore}
+    return results
+
+
+def assert_same_run(folder: Path, alone: Path, ignore: tuple = ()) -> None:
+    """The run in ``folder`` ends as the one in ``alone``: results (but the ``ignore`` settings), log, weights."""
+    ours, expected = (json.loads((f / "results.json").read_text()) for f in (folder, alone))
+    assert comparable(ours, ignore) == comparable(expected, ignore)
     assert log_without_times(folder / "train.log") == log_without_times(alone / "train.log")
     ours, theirs = load_checkpoint(folder / "last.pt"), load_checkpoint(alone / "last.pt")
     for key, tensor in theirs["model_state"].items():
