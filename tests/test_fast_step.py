@@ -219,12 +219,39 @@ def test_a_graph_that_passes_its_check_changes_nothing_before_the_run(capsys):
 
 
 @pytest.fixture
-def exact_cuda():
+def restored_cuda_flags():
+    """Puts back the cuDNN and TF32 settings a test (or a train() it calls) changes."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32
+    yield
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+@pytest.fixture
+def exact_cuda(restored_cuda_flags):
     """fp32 convolutions and matmuls without TF32, so that eager and graph agree to float tolerance."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    return torch.device("cuda")
+
+
+class SyncingCudaGraphs(CudaGraphs):
+    """The real capture of a step that reads a value back to the host, which CUDA refuses mid-capture
+    (the capture is invalidated, and torch <= 2.12 leaves the generator flagged as capturing)."""
+
+    def capture(self, step: Callable[[], None], warmup: int) -> Callable[[], None]:
+        probe = torch.ones((), device=self.device)
+        return super().capture(lambda: (step(), probe.item()), warmup)
+
+
+@pytest.mark.cuda
+def test_a_capture_cuda_refuses_leaves_the_eager_step_and_a_working_generator(exact_cuda, capsys):
+    stream = torch.cuda.current_stream()
+    eager, fast = pair(exact_cuda, "majority", graph=True, graphs=SyncingCudaGraphs(exact_cuda))
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "capture failed" in line and fast.kind == "eager"
+    assert not torch.cuda.is_current_stream_capturing() and torch.cuda.current_stream() == stream
+    train_both(eager, fast, minibatches(exact_cuda, "majority"))  # draws dropout masks: the generator works
+    assert_same_state(eager, fast, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.cuda
