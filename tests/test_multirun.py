@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ferplus.engine as engine
 import ferplus.multirun as multirun
 from ferplus.checkpoint import load_checkpoint
 from ferplus.data import SPLIT_FOLDERS
@@ -109,6 +110,13 @@ def test_time_budget_stops_after_a_saved_epoch_and_the_run_resumes(alone, small_
     assert_same_run(folder, alone / folder.name)
 
 
+def deterministic_cuda() -> None:
+    """What train() sets up on CUDA in the tests that compare runs: deterministic cuDNN, no TF32
+    (use with the restored_cuda_flags fixture)."""
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+
 #: Epochs of the CUDA runs, four at a time: they end at different epochs, and the last two start
 #: (capture their graphs) while others train.
 STAGGERED_EPOCHS = (1, 3, 2, 1, 2, 1)
@@ -121,13 +129,7 @@ def test_runs_interleaved_on_cuda_streams_end_as_alone(small_data, tmp_path, mon
     alone, up to floating-point order (deterministic cuDNN), while others start and end around it.
     The full-width vgg13's dense layers (M=32, K=4096) are large enough for split-K kernels, whose
     workspace runs sharing one capture stream would share; shared generators would draw other masks."""
-    import ferplus.engine as engine
-
-    def deterministic() -> None:
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-
-    monkeypatch.setattr(engine, "configure_cuda", deterministic)
+    monkeypatch.setattr(engine, "configure_cuda", deterministic_cuda)
     base = configs(small_data, tmp_path)
     # fp32: bf16 rounding would magnify any difference in the order of floating-point sums.
     runs = [

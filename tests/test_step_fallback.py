@@ -11,13 +11,15 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import ferplus.engine as engine
 from ferplus.engine import train
 from ferplus.multirun import train_interleaved
 from ferplus.step import make_step
-from test_fast_step import RaisingGraphs, WrongGraphs
-from test_multirun import assert_same_run, configs, small_data  # noqa: F401 (small_data: a fixture)
+from ferplus.checkpoint import load_checkpoint
+from test_fast_step import RaisingGraphs, SyncingCudaGraphs, WrongGraphs, restored_cuda_flags  # noqa: F401
+from test_multirun import assert_same_run, configs, deterministic_cuda, small_data  # noqa: F401 (small_data: a fixture)
 
 #: What the fallback run records beyond the eager run: the step asked for, and why it did not run.
 REQUEST = ("step_requested", "step_fallback")
@@ -73,3 +75,29 @@ def test_interleaved_runs_fall_back_each_on_its_own(eager_runs, small_data, tmp_
         warnings = [line for line in err if line.startswith(f"[{name}] warning")]
         assert len(warnings) == 1 and WARNING.fullmatch(warnings[0][len(f"[{name}] "):])
         assert_fell_back(Path(config.output), eager_runs / name)
+
+
+@pytest.mark.cuda
+def test_interleaved_cuda_runs_go_on_eagerly_after_a_capture_cuda_refuses(
+    small_data, tmp_path, monkeypatch, capsys, restored_cuda_flags
+):
+    """Each run's fallback leaves its generator with a fresh state, which the run then keeps
+    drawing its dropout masks from (torch <= 2.12 would otherwise refuse every draw)."""
+    monkeypatch.setattr(engine, "configure_cuda", deterministic_cuda)
+    together = [dataclasses.replace(c, device="cuda", amp=False) for c in fast_configs(small_data, tmp_path / "together", 2)]
+    for config in together:
+        train(dataclasses.replace(config, step="eager", output=str(tmp_path / "alone" / Path(config.output).name)))
+    use_graphs(monkeypatch, SyncingCudaGraphs(torch.device("cuda")))
+    capsys.readouterr()
+    train_interleaved(together, jobs=2)
+    err = capsys.readouterr().err
+    for config in together:
+        folder = Path(config.output)
+        assert err.count(f"[{folder.name}] warning") == 1
+        ours, theirs = (json.loads((f / "results.json").read_text()) for f in (folder, tmp_path / "alone" / folder.name))
+        assert ours["config"]["step"] == "eager" and "capture failed" in ours["config"]["step_fallback"]
+        losses = [[r["train_loss"] for r in results["history"]] for results in (ours, theirs)]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+        weights = [load_checkpoint(f / "last.pt")["model_state"] for f in (folder, tmp_path / "alone" / folder.name)]
+        for key, tensor in weights[1].items():
+            torch.testing.assert_close(weights[0][key], tensor, rtol=1e-4, atol=1e-5, msg=lambda m: f"{key}: {m}")
