@@ -103,10 +103,11 @@ class CudaGraphs:
                 graph.capture_end()
         except BaseException:
             graph.reset()  # drops what a failed capture made, and (torch >= 2.13) its generator state
-            _clear_cublas_workspaces()
             raise
-        current.wait_stream(self.stream)
-        _clear_cublas_workspaces()
+        finally:
+            # The caller restores the state on its own stream: after the warm-up's last write.
+            current.wait_stream(self.stream)
+            _clear_cublas_workspaces()
         return graph.replay
 
 
