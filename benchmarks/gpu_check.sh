@@ -73,7 +73,7 @@ say "== gpu_check $ONLY at $(date -u +%FT%TZ), budget ${TOTAL}s, smoke $SMOKE"
 # fer2013.csv rebuilt from the packed pixels, then prepared.
 DATA="$WORK/data"
 if [ "$SMOKE" = 1 ]; then
-  step data 120 nice bash -c "[ -f '$DATA/FER2013Test/label.csv' ] || $PY generate_training_data.py -d '$DATA' --quiet" &
+  step data 240 nice bash -c "[ -f '$DATA/FER2013Test/label.csv' ] || $PY generate_training_data.py -d '$DATA' --quiet" &
 else
   step data 240 nice bash -c "
     set -e
