@@ -11,6 +11,8 @@ untimed epoch (which holds set-up: data upload, cuDNN autotuning, CUDA-graph cap
 """
 
 import argparse
+import contextlib
+import signal
 import sys
 import time
 import traceback
@@ -132,8 +134,37 @@ def measure(make_runs: Callable[[], List], device: torch.device, batch_size: int
     return steps * batch_size / seconds, 1000 * seconds / (steps / len(runs)), 1000 * cpu_seconds / steps
 
 
+class OverBudget(Exception):
+    """A row ran past its own time budget."""
+
+
+@contextlib.contextmanager
+def time_budget(seconds: Optional[float]) -> Iterator[None]:
+    """Raise :class:`OverBudget` in the block once ``seconds`` have passed (None: no limit; POSIX only)."""
+    if not seconds or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise OverBudget(f"over its own budget of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def row_line(label: str, figures: tuple, base: Optional[float]) -> str:
+    rate, ms, cpu_ms = figures
+    ratio = f"{rate / base:8.2f}" if base else f"{'':>8}"
+    return f"{label:<52} {rate:10.0f} {ms:9.2f} {ratio} {cpu_ms:12.2f}"
+
+
 def main() -> None:
-    """Print the side-by-side table and the projections."""
+    """Print each row as it is measured, then the side-by-side table and the projections."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--model", choices=tuple(MODELS), default="vgg13")
@@ -142,6 +173,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, nargs="*", default=None, help="runs at once (default 1 4 8 16 on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--no-compiled", action="store_true", help="skip the torch.compile row (slow to compile)")
+    parser.add_argument(
+        "--compiled-seconds", type=float, default=120,
+        help="the compiled row's own time budget, compiling included (default 120; 0: none)",
+    )
     parser.add_argument(
         "--repeat", type=int, default=None,
         help="measure every row this many times, in turn, and keep the fastest (default 1 on CUDA, 2 on CPU)",
@@ -167,7 +202,11 @@ def main() -> None:
     default = "graph" if cuda else "eager"
     print(f"train.py's default here: {default} step, {'bf16 autocast' if bf16 else 'fp32'}, channels_last")
 
-    rows = [("plain loop: fp32, per-batch augmentation", lambda: [Direct(plain_loop(args.model, data, device, args.batch_size))])]
+    # (label, what makes its runs, its own time budget in seconds or None)
+    rows = [(
+        "plain loop: fp32, per-batch augmentation",
+        lambda: [Direct(plain_loop(args.model, data, device, args.batch_size))], None,
+    )]
     settings = [("eager", False, False), ("eager", False, True), ("eager", True, False), ("eager", True, True)]
     if cuda:
         settings = [("eager", True, True), ("graph", False, True), ("graph", True, True)]
@@ -177,44 +216,49 @@ def main() -> None:
             label += "  <- train.py"
         rows.append((label, lambda kind=kind, amp=amp, cl=channels_last: [
             Direct(project_run(args.model, data, device, args.batch_size, kind, amp, cl))
-        ]))
+        ], None))
     for k in jobs:
         rows.append((f"{k} runs at once: {default} step, {'bf16' if bf16 else 'fp32'}", lambda k=k: [
             InterleavedRun(project_run(args.model, data, device, args.batch_size, default, bf16, True, seed=s), device)
             for s in range(k)
-        ]))
-    if cuda and not args.no_compiled:  # last: compiling takes a while
+        ], None))
+    if cuda and not args.no_compiled:  # last, with its own budget: compiling takes a while
         rows.append(("compiled step: bf16, channels_last", lambda: [
             Direct(project_run(args.model, data, device, args.batch_size, "compiled", True, True))
-        ]))
+        ], args.compiled_seconds or None))
 
     # Rows are measured in turn, round after round, so that a busy spell of a shared machine does
-    # not fall on one row alone; each keeps its fastest round.
+    # not fall on one row alone; each keeps its fastest round. Each measurement is printed at
+    # once, so that a run cut short still shows what it measured.
+    header = f"{'setting':<52} {'images/s':>10} {'ms/step':>9} {'x plain':>8} {'CPU ms/step':>12}"
+    print(f"\n{header}", flush=True)
     best, failed = {}, {}
     for _ in range(args.repeat or (1 if cuda else 2)):
-        for label, make_runs in rows:
+        for label, make_runs, budget in rows:
             if label in failed:
                 continue
             try:
-                figures = measure(make_runs, device, args.batch_size)
+                with time_budget(budget):
+                    figures = measure(make_runs, device, args.batch_size)
             except Exception as e:  # one failing setting (a compiler missing, say) must not hide the others
                 failed[label] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                traceback.print_exc(file=sys.stderr)
+                if not isinstance(e, OverBudget):
+                    traceback.print_exc(file=sys.stderr)
+                print(f"{label:<52} {failed[label]}", flush=True)
                 continue
+            print(row_line(label, figures, best.get(rows[0][0], (None,))[0]), flush=True)
             if label not in best or figures[0] > best[label][0]:
                 best[label] = figures
             if cuda:
                 torch.cuda.empty_cache()
 
-    print(f"\n{'setting':<52} {'images/s':>10} {'ms/step':>9} {'x plain':>8} {'CPU ms/step':>12}")
+    print(f"\nfastest of each row:\n{header}")
     base = best.get(rows[0][0], (None,))[0]
-    for label, _ in rows:
+    for label, _, _ in rows:
         if label in failed:
             print(f"{label:<52} {failed[label]}")
             continue
-        rate, ms, cpu_ms = best[label]
-        ratio = f"{rate / base:8.2f}" if base else f"{'':>8}"
-        print(f"{label:<52} {rate:10.0f} {ms:9.2f} {ratio} {cpu_ms:12.2f}")
+        print(row_line(label, best[label], base))
     if not jobs:
         print("(runs at once not measured: a CPU computes rather than waits, so they share it; --jobs K measures them)")
     rates = {label: figures[0] for label, figures in best.items()}

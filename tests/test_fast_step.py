@@ -1,9 +1,10 @@
-"""The fast training step makes the eager step's updates: uncaptured on the CPU, as a CUDA graph on a GPU."""
+"""The fast training step makes the eager step's updates: uncaptured on the CPU, as a CUDA graph on a GPU;
+a capture that fails or replays wrongly leaves the eager step's run, with one warning."""
 
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Callable, Optional
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from ferplus.engine import make_optimizer
 from ferplus.labels import MODES, NUM_EMOTIONS
 from ferplus.labels import get_mode
 from ferplus.models import INPUT_SIZE, create_model
-from ferplus.step import EagerStep, FastStep
+from ferplus.step import CudaGraphs, EagerStep, FastStep
 
 BATCH = 4
 STEPS = 3  # full minibatches, then one smaller one (an epoch's last)
@@ -52,9 +53,11 @@ def train_both(eager: EagerStep, fast: EagerStep, batches: list) -> None:
 
 
 def pair(
-    device: torch.device, mode: str, amp: bool = False, graph: bool = False, dropout: bool = True, model_name: str = MODEL
+    device: torch.device, mode: str, amp: bool = False, graph: bool = False, dropout: bool = True, model_name: str = MODEL,
+    graphs=None,
 ):
-    """An eager and a fast step over two identical copies of one freshly initialised network."""
+    """An eager and a fast step over two identical copies of one freshly initialised network
+    (``graphs``: the fast step's graph backend)."""
     torch.manual_seed(0)
     model = create_model(model_name).to(device, memory_format=torch.channels_last)
     if not dropout:
@@ -64,7 +67,9 @@ def pair(
     twin = copy.deepcopy(model)
     loss_fn = get_mode(mode).loss
     eager = EagerStep(model, make_optimizer(model, 0.005, 0.9), loss_fn, amp, channels_last=True)
-    fast = FastStep(twin, make_optimizer(twin, 0.005, 0.9), loss_fn, BATCH, amp, channels_last=True, graph=graph)
+    fast = FastStep(
+        twin, make_optimizer(twin, 0.005, 0.9), loss_fn, BATCH, amp, channels_last=True, graph=graph, graphs=graphs
+    )
     return eager, fast
 
 
@@ -140,16 +145,113 @@ def test_fast_step_rejects_another_optimiser():
         FastStep(model, optimizer, get_mode("majority").loss, BATCH)
 
 
+# --- a graph that fails or disagrees: the eager step, one warning -----------------------------------
+
+
+class ReplayingGraphs:
+    """A graph backend for the CPU whose "graph" is the step itself: replays exactly as eager."""
+
+    def capture(self, step: Callable[[], None], warmup: int) -> Callable[[], None]:
+        for _ in range(warmup):
+            step()
+        step()  # what a capture runs
+        return step
+
+
+class RaisingGraphs(ReplayingGraphs):
+    """Warms up and gets through the step, then fails as a CUDA graph capture can."""
+
+    def capture(self, step: Callable[[], None], warmup: int) -> Callable[[], None]:
+        super().capture(step, warmup)
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
+
+
+class WrongGraphs(ReplayingGraphs):
+    """Captures, then replays a wrong update (two steps for one)."""
+
+    def capture(self, step: Callable[[], None], warmup: int) -> Callable[[], None]:
+        super().capture(step, warmup)
+        return lambda: (step(), step())
+
+
+def assert_equal_state(a: EagerStep, b: EagerStep) -> None:
+    """Bit for bit: weights, batch-norm statistics, momentum, learning rate and totals."""
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(x, y), name
+    state_a, state_b = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert state_a["param_groups"] == state_b["param_groups"]
+    for key, value in state_a["state"].items():
+        assert torch.equal(value["momentum_buffer"], state_b["state"][key]["momentum_buffer"]), key
+    assert torch.equal(a.loss_sum, b.loss_sum) and torch.equal(a.correct, b.correct)
+
+
+@pytest.mark.parametrize("model_name", [MODEL, BN_MODEL])  # dropout; batch norm
+@pytest.mark.parametrize(
+    "graphs, warning",
+    [(RaisingGraphs(), "warm-up or CUDA graph capture failed (RuntimeError: CUDA error: operation not permitted"),
+     (WrongGraphs(), "first replay disagrees with the eager step (weights: relative difference")],
+    ids=["capture raises", "replay wrong"],
+)
+def test_a_failed_graph_leaves_the_eager_steps_run_and_one_warning(graphs, warning, model_name, capsys):
+    device = torch.device("cpu")
+    eager, fast = pair(device, "majority", graph=True, graphs=graphs, model_name=model_name)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and warning in lines[0] and lines[0].endswith("the run goes on with the eager step")
+    assert (fast.kind, fast.fallback) == ("eager", lines[0][len("warning: "):-len("; the run goes on with the eager step")])
+    train_both(eager, fast, minibatches(device, "majority"))
+    # Warm-up, capture and check are undone, dropout draws included: the eager step's run exactly.
+    assert_equal_state(eager, fast)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_graph_that_passes_its_check_changes_nothing_before_the_run(capsys):
+    device = torch.device("cpu")
+    _, uncaptured = pair(device, "majority", model_name=BN_MODEL)
+    _, checked = pair(device, "majority", graph=True, graphs=ReplayingGraphs(), model_name=BN_MODEL)
+    assert (checked.kind, checked.fallback, capsys.readouterr().err) == ("graph", None, "")
+    batches = minibatches(device, "majority")
+    train_steps(uncaptured, batches)
+    train_steps(checked, batches)
+    assert_equal_state(uncaptured, checked)
+
+
 # --- the CUDA graph ----------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def exact_cuda():
+def restored_cuda_flags():
+    """Puts back the cuDNN and TF32 settings a test (or a train() it calls) changes."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32
+    yield
+    cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+@pytest.fixture
+def exact_cuda(restored_cuda_flags):
     """fp32 convolutions and matmuls without TF32, so that eager and graph agree to float tolerance."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    return torch.device("cuda")
+
+
+class SyncingCudaGraphs(CudaGraphs):
+    """The real capture of a step that reads a value back to the host, which CUDA refuses mid-capture
+    (the capture is invalidated, and torch <= 2.12 leaves the generator flagged as capturing)."""
+
+    def capture(self, step: Callable[[], None], warmup: int) -> Callable[[], None]:
+        probe = torch.ones((), device=self.device)
+        return super().capture(lambda: (step(), probe.item()), warmup)
+
+
+@pytest.mark.cuda
+def test_a_capture_cuda_refuses_leaves_the_eager_step_and_a_working_generator(exact_cuda, capsys):
+    stream = torch.cuda.current_stream()
+    eager, fast = pair(exact_cuda, "majority", graph=True, graphs=SyncingCudaGraphs(exact_cuda))
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "capture failed" in line and fast.kind == "eager"
+    assert not torch.cuda.is_current_stream_capturing() and torch.cuda.current_stream() == stream
+    train_both(eager, fast, minibatches(exact_cuda, "majority"))  # draws dropout masks: the generator works
+    assert_same_state(eager, fast, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.cuda
@@ -158,7 +260,7 @@ def test_graph_matches_eager(mode, exact_cuda):
     # Replays draw their dropout masks at the philox offsets eager steps would use, so the
     # masks agree too.
     eager, fast = pair(exact_cuda, mode, graph=True)
-    assert fast.graph is not None
+    assert fast.kind == "graph" and fast.replay is not None
     batches = minibatches(exact_cuda, mode)
     train_both(eager, fast, batches)
     assert_same_state(eager, fast, rtol=1e-3, atol=1e-5)

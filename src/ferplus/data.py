@@ -18,7 +18,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Union
+from typing import Iterator, Mapping, Optional, Union
 
 import cv2
 import numpy as np
@@ -244,14 +244,45 @@ class TrainStream:
         """Yield ``(inputs (B,1,64,64) float32, loss_targets (B,8) float32, labels (B,) int64)``."""
         generator = _generator(self.device, self.seed, epoch, self.rank)
         shard = self.shard(epoch)
-        for start in range(0, len(shard), self.chunk_size):
-            index = shard[start:start + self.chunk_size]
-            inputs = preprocess(self.images[index], self.boxes[index], augment=self.augment, generator=generator)
-            loss_targets = self.loss_target(self.targets[index], generator)
-            labels = self.labels[index]
-            for b in range(0, len(index), self.batch_size):
+        chunks = (
+            self._chunk(shard[start:start + self.chunk_size], generator)
+            for start in range(0, len(shard), self.chunk_size)
+        )
+        if self.device.type == "cuda":
+            chunks = _made_ahead(chunks, shard)
+        for inputs, loss_targets, labels in chunks:
+            for b in range(0, len(labels), self.batch_size):
                 batch = slice(b, b + self.batch_size)
                 yield inputs[batch], loss_targets[batch], labels[batch]
+
+    def _chunk(
+        self, index: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The augmented inputs, loss targets and labels of the images at ``index``."""
+        inputs = preprocess(self.images[index], self.boxes[index], augment=self.augment, generator=generator)
+        return inputs, self.loss_target(self.targets[index], generator), self.labels[index]
+
+
+def _made_ahead(chunks: Iterator[tuple[torch.Tensor, ...]], shard: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+    """``chunks`` (CUDA tensors), each made on a side stream while the caller's stream still
+    trains on the one before, so that augmentation overlaps the training steps."""
+    consumer = torch.cuda.current_stream(shard.device)
+    side = torch.cuda.Stream(shard.device)
+    side.wait_stream(consumer)  # the shard and the data were made on the caller's stream
+    shard.record_stream(side)  # not reused while the side stream may still read it
+
+    def make() -> Optional[tuple[torch.Tensor, ...]]:
+        with torch.cuda.stream(side):
+            return next(chunks, None)
+
+    ready = make()
+    while ready is not None:
+        consumer.wait_stream(side)
+        for tensor in ready:  # made on the side stream, freed only once the caller's work on them is done
+            tensor.record_stream(consumer)
+        following = make()
+        yield ready
+        ready = following
 
 
 class EvalSet:

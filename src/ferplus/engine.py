@@ -443,9 +443,6 @@ def _train(
         "global_batch_size": config.batch_size * world_size,
     }
     log_path = output / LOG_FILE
-    if main:
-        output.mkdir(parents=True, exist_ok=True)
-        write_json(output / ARGS_FILE, resolved)
 
     # Model and optimiser, fresh or from last.pt.
     torch.manual_seed(config.seed)
@@ -465,7 +462,12 @@ def _train(
     step = make_step(
         step_kind, model, raw_model, optimizer, get_mode(mode).loss, config.batch_size, amp, channels_last=True
     )
-    if main:  # the log restarts from the checkpoint's history, so a resumed log reads as an uninterrupted one
+    # The step that runs: a fast step whose capture or self-check failed runs the eager one.
+    resolved.update(step=step.kind, step_requested=step_kind, step_fallback=step.fallback)
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        write_json(output / ARGS_FILE, resolved)
+        # The log restarts from the checkpoint's history, so a resumed log reads as an uninterrupted one.
         header = table + "\n" + "".join(format_epoch_line(record) + "\n" for record in history)
         atomic_write(log_path, lambda tmp: Path(tmp).write_text(header))
 

@@ -85,6 +85,10 @@ class InterleavedRun:
             return next(self.steps)
         finally:
             self.cpu_rng = torch.get_rng_state()
+            if self.stream is not None:
+                # The run may have replaced the generator's state (a failed capture does): keep
+                # whichever it now draws from.
+                self.cuda_rng = self.cuda_generator.graphsafe_get_state()
             sys.stdout, sys.stderr = saved_output
 
     def close(self) -> None:
