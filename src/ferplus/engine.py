@@ -26,7 +26,6 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Generator, Iterator, List, Optional, Tuple
 
@@ -45,9 +44,10 @@ from .fileio import FolderLock, atomic_write, read_regular_file, remove_stale_te
 from .hardware import configure_cpu_threads, configure_cuda, use_bf16
 from .labels import get_mode
 from .metrics import PERCENT, summarize
-from .models import DEFAULT_MODEL, MODELS, create_model
+from .models import MODELS, create_model
 from .plots import plot_confusion_matrix, plot_training_curves
 from .runtime import EVAL_BATCH_SIZE, confusion_matrix, predict_scores, resolve_device
+from .settings import TrainConfig
 from .step import STEP_KINDS, EagerStep, make_step, resolve_step_kind
 
 #: (first epoch, factor of the base learning rate), epochs counted from 0.
@@ -79,31 +79,6 @@ RESUME_KEYS = (
     "best_val_accuracy", "best_epoch", "test_accuracy", "test_confusion",
 )
 STARTED_SETTINGS = (*RESUME_FIXED_SETTINGS, "world_size")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; field names match ``train.py``'s flags.
-
-    ``batch_size`` is per process: under ``torchrun`` with N processes an optimiser step
-    sees N × ``batch_size`` images, and ``lr`` is used as given (scale it yourself).
-    ``amp`` None means bf16 autocast where it pays (CUDA, CPUs with native bf16); ``step``
-    is one of :data:`~ferplus.step.STEP_KINDS`.
-    """
-
-    base_folder: str
-    training_mode: str = "majority"
-    max_epochs: int = 100
-    batch_size: int = 32
-    lr: float = 0.005
-    momentum: float = 0.9
-    seed: int = 0
-    device: str = "auto"
-    amp: Optional[bool] = None
-    output: Optional[str] = None
-    resume: bool = False
-    model: str = DEFAULT_MODEL
-    step: str = "auto"
 
 
 def learning_rate(base_lr: float, epoch: int) -> float:

@@ -13,17 +13,15 @@ import argparse
 from typing import Optional, Sequence
 
 from ..errors import FerplusError, run_cli
-from ..inference import predict_images
-from .common import add_device
+from .common import add_device, make_parser
 
 EXIT_SOME_FAILED = 1
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The command line of ``predict.py``."""
-    parser = argparse.ArgumentParser(
-        prog="predict.py",
-        description="Find faces in images and predict their emotions with a checkpoint or an exported .onnx model.",
+    parser = make_parser(
+        "predict.py", "Find faces in images and predict their emotions with a checkpoint or an exported .onnx model."
     )
     parser.add_argument("--model", required=True, help="checkpoint (best.pt) or exported .onnx file")
     parser.add_argument("paths", nargs="+", help="image files, or folders searched recursively for images")
@@ -41,6 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     """Predict, report, and fail with status 1 if any image could not be used."""
+    from ..inference import predict_images
+
     results = predict_images(
         args.model, args.paths, device=args.device, detect=not args.no_detect,
         as_json=args.json, annotate_dir=args.annotate,
