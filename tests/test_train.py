@@ -94,7 +94,7 @@ def test_each_mode_learns(mode, synthetic_data, tmp_path):
     assert train_cli(*tiny_args(synthetic_data, tmp_path / mode, "-m", mode, "-e", LEARNING_EPOCHS)) == 0
     results = json.loads((tmp_path / mode / "results.json").read_text())
     assert results["mode"] == mode
-    assert results["best_val_accuracy"] > majority_rate(synthetic_data, "valid") + LEARNING_MARGIN
+    assert results["best_val_accuracy"] > majority_rate(synthetic_data, "val") + LEARNING_MARGIN
     assert results["test_accuracy"] > majority_rate(synthetic_data, "test") + LEARNING_MARGIN
     history = results["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -132,7 +132,7 @@ def test_run_folder_contents(runs, synthetic_data):
     log = (folder / "train.log").read_text().splitlines()
     table = summary_table({
         "Train": TrainStream(read_folder(synthetic_data / SPLIT_FOLDERS["train"]), "majority", 32, "cpu").class_counts,
-        "Val": EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["valid"]), "cpu").class_counts,
+        "Val": EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["val"]), "cpu").class_counts,
         "Test": test_set.class_counts,
     }).splitlines()
     assert log[: len(table)] == table
@@ -159,7 +159,7 @@ def test_zero_epochs_prints_the_table_and_writes_nothing(synthetic_data, tmp_pat
     train = read_folder(synthetic_data / SPLIT_FOLDERS["train"])
     expected = summary_table({
         "Train": TrainStream(train, "crossentropy", 32, "cpu").class_counts,
-        "Val": EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["valid"]), "cpu").class_counts,
+        "Val": EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["val"]), "cpu").class_counts,
         "Test": EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["test"]), "cpu").class_counts,
     })
     assert capsys.readouterr().out == expected + "\n"
@@ -226,7 +226,7 @@ def test_missing_split_folder(synthetic_data, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(synthetic_data / SPLIT_FOLDERS["train"], data / SPLIT_FOLDERS["train"])
     assert train_cli(*tiny_args(data, tmp_path / "run", "-e", 1)) == 2
-    assert _one_line_error(capsys).startswith(f"train.py: error: {data / SPLIT_FOLDERS['valid']}: no such folder")
+    assert _one_line_error(capsys).startswith(f"train.py: error: {data / SPLIT_FOLDERS['val']}: no such folder")
     assert not (tmp_path / "run").exists()
 
 
@@ -240,12 +240,12 @@ def test_unknown_mode(synthetic_data, capsys):
 def test_split_emptied_by_the_mode(synthetic_data, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(synthetic_data, data, ignore=shutil.ignore_patterns("models"))
-    label_csv = data / SPLIT_FOLDERS["valid"] / "label.csv"
+    label_csv = data / SPLIT_FOLDERS["val"] / "label.csv"
     # Every validation image voted 'unknown' by all taggers: the majority rule keeps none.
     lines = [line.rsplit(",", 10)[0] + ",0,0,0,0,0,0,0,0,10,0" for line in label_csv.read_text().splitlines() if line]
     label_csv.write_text("\n".join(lines) + "\n")
     assert train_cli(*tiny_args(data, tmp_path / "run", "-e", 1)) == 2
-    assert _one_line_error(capsys) == f"train.py: error: {data / SPLIT_FOLDERS['valid']}: no images left to use in mode majority"
+    assert _one_line_error(capsys) == f"train.py: error: {data / SPLIT_FOLDERS['val']}: no images left to use in mode majority"
     assert not (tmp_path / "run").exists()
 
 
@@ -470,7 +470,7 @@ def test_data_folder_given_one_level_too_deep(synthetic_data, tmp_path, capsys):
 def test_fifo_named_as_an_image_does_not_hang(synthetic_data, tmp_path, make_fifo, capsys):
     data = tmp_path / "data"
     shutil.copytree(synthetic_data, data, ignore=shutil.ignore_patterns("models"))
-    valid = data / SPLIT_FOLDERS["valid"]
+    valid = data / SPLIT_FOLDERS["val"]
     first_name = (valid / "label.csv").read_text().split(",", 1)[0]
     (valid / first_name).unlink()
     make_fifo(valid / first_name)
