@@ -143,7 +143,7 @@ def train_one_epoch(
     """One pass over this rank's shard of epoch ``epoch``, yielding :data:`STEP` after each minibatch.
 
     With ``progress``, a bar (on a terminal) or a line now and then (elsewhere) shows the
-    images done, images/s and the time left, on stderr (:class:`~ferplus.progress.EpochProgress`).
+    images done, images/s and the time left (:class:`~ferplus.progress.EpochProgress`).
 
     Returns ``(loss_sum, correct, images)``: the summed per-image loss and the number of
     correct argmax predictions as device tensors (no host sync inside the loop), and the number

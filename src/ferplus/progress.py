@@ -28,19 +28,18 @@ def format_duration(seconds: float) -> str:
 
 
 class EpochProgress:
-    """Reports ``images`` of ``total`` seen in epoch ``epoch`` on ``stream``.
+    """Reports the images seen of ``total`` in epoch ``epoch``.
 
-    On a terminal it redraws one bar line (cleared at the end); elsewhere it writes a line such
-    as ``epoch 3 41% 11,712/28,558 22 img/s eta 12 min`` at most every ``interval`` seconds
-    (default :data:`PLAIN_LINE_SECONDS`, read when the epoch starts).
+    When stderr is a terminal it redraws one bar line there (cleared at the end). Elsewhere it
+    writes a line such as ``epoch 3 41% 11,712/28,558 22 img/s eta 12 min`` to stdout, beside
+    the epochs' log lines, at most every ``interval`` seconds (default
+    :data:`PLAIN_LINE_SECONDS`, read when the epoch starts); stderr then holds only errors.
     """
 
-    def __init__(
-        self, epoch: int, total: int, stream: Optional[TextIO] = None, interval: Optional[float] = None
-    ) -> None:
+    def __init__(self, epoch: int, total: int, interval: Optional[float] = None) -> None:
         self.epoch, self.total = epoch, total
-        self.stream = stream if stream is not None else sys.stderr
-        self.terminal = self.stream.isatty()
+        self.terminal = sys.stderr.isatty()
+        self.stream: TextIO = sys.stderr if self.terminal else sys.stdout
         self.interval = BAR_REFRESH_SECONDS if self.terminal else (PLAIN_LINE_SECONDS if interval is None else interval)
         self.start = self.last = time.monotonic()
         self.drawn = False
