@@ -10,6 +10,7 @@ leaves a run folder behind::
     results.json        test accuracy at the best validation epoch, per-class figures, timings
     curves.png          loss and accuracies per epoch
     confusion_test.png  the test confusion matrix at the best validation epoch
+    tensorboard/        with ``tensorboard``: TensorBoard event files (:mod:`ferplus.monitor`)
 
 Epochs are numbered from 0, as in the reference trainer's loop: epochs 0–19 run at the base
 learning rate, 20–39 at half of it and 40 onwards at a tenth. Every epoch's randomness

@@ -26,7 +26,6 @@ DEFAULTS = TrainConfig(base_folder="")
 RESUMABLE_CHANGES = ("max_epochs", "lr", "device", "amp", "tensorboard")
 #: Flags that say which run to resume rather than how it trains.
 RESUME_SELECTORS = ("resume", "output")
-ARGS_FILE = "args.json"  # the run folder's record of its settings (written by ferplus.engine)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -92,6 +91,8 @@ def resumed_config(args: argparse.Namespace, given: Set[str], output: Path) -> T
     A flag in ``given`` that would change anything else is a :class:`FerplusError` naming it. A
     folder without ``args.json`` keeps the flags as given (``train`` then says what is missing).
     """
+    from ..engine import ARGS_FILE
+
     path = output / ARGS_FILE
     if not path.is_file():
         return TrainConfig(**vars(args))
