@@ -122,6 +122,14 @@ def test_resume_refuses_other_settings_naming_the_flag(small_data, tmp_path, mon
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
+def test_resume_of_a_folder_without_settings_is_one_line(tmp_path, capsys):
+    assert train("--resume", "--output", tmp_path) == 2
+    assert capsys.readouterr().err == (
+        f"train.py: error: {tmp_path / 'args.json'}: no such file, so the run's settings are unknown; "
+        "give them (-d DATA …) with --resume\n"
+    )
+
+
 def test_tensorboard_event_files_read_back(small_data, tmp_path):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData

@@ -89,12 +89,15 @@ def resumed_config(args: argparse.Namespace, given: Set[str], output: Path) -> T
     """The settings of the run in ``output`` (its ``args.json``), with the changes ``--resume`` allows.
 
     A flag in ``given`` that would change anything else is a :class:`FerplusError` naming it. A
-    folder without ``args.json`` keeps the flags as given (``train`` then says what is missing).
+    folder without ``args.json`` keeps the flags as given, which must then name the data folder
+    (``train`` says what else is missing).
     """
     from ..engine import ARGS_FILE
 
     path = output / ARGS_FILE
     if not path.is_file():
+        if args.base_folder is None:
+            raise FerplusError(f"{path}: no such file, so the run's settings are unknown; give them (-d DATA …) with --resume")
         return TrainConfig(**vars(args))
     try:
         started: Dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
