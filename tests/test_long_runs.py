@@ -18,7 +18,7 @@ from ferplus.fer_format import LABEL_FILE, SPLIT_FOLDERS
 from ferplus.models import create_model
 from scripts import run_script
 
-IMAGES = {"train": 96, "val": 48, "test": 48}  # per split: a few minibatches, so each run takes seconds
+IMAGES = (96, 48, 48)  # per split, in split order: a few minibatches, so each run takes seconds
 # The run a user starts with flags other than the defaults, then continues from its folder alone.
 STARTED = ("-m", "crossentropy", "--model", "vgg13_tiny", "-e", "2", "-b", "32", "--device", "cpu", "--no-amp")
 PROGRESS_LINE = re.compile(r"^epoch (\d+) +\d+% [\d,]+/[\d,]+ \d+ img/s eta \d+(\.\d)? (s|min|h)$")
@@ -28,8 +28,8 @@ PROGRESS_LINE = re.compile(r"^epoch (\d+) +\d+% [\d,]+/[\d,]+ \d+ img/s eta \d+(
 def small_data(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first images of each synthetic split."""
     base = tmp_path_factory.mktemp("small") / "data"
-    for split, folder in SPLIT_FOLDERS.items():
-        lines = (synthetic_data / folder / LABEL_FILE).read_text().splitlines()[: IMAGES[split]]
+    for count, folder in zip(IMAGES, SPLIT_FOLDERS.values()):
+        lines = (synthetic_data / folder / LABEL_FILE).read_text().splitlines()[:count]
         (base / folder).mkdir(parents=True)
         for line in lines:
             name = line.split(",", 1)[0]
