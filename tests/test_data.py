@@ -61,7 +61,7 @@ def test_read_folder_loads_everything(tmp_path: Path) -> None:
     assert data.images.dtype == np.uint8 and np.array_equal(data.images, np.stack(images))
     assert data.boxes.dtype == np.int64 and (data.boxes == [0, 0, 48, 48]).all()
     assert data.votes.dtype == np.int64 and data.votes.tolist() == [list(v) for v in VOTES]
-    assert SPLIT_FOLDERS == {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
+    assert SPLIT_FOLDERS == {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
 
 
 def test_read_folder_accepts_boxes_inside_larger_images(tmp_path: Path) -> None:

@@ -125,8 +125,8 @@ def test_from_csv_reports_bad_files(sample: Path, tmp_path: Path) -> None:
     bad.write_text("emotion,pixels,Usage\n0,1 2 3,Training\n")
     with pytest.raises(FerplusError, match="fer2013.csv: line 2: pixels holds 3 values"):
         FERPlus.from_csv(bad, ferplus)
-    with pytest.raises(ValueError, match="unknown split 'valid'; choose one of train, val, test"):
-        FERPlus.from_csv(bad, ferplus, split="valid")  # the names are checked before any file is read
+    with pytest.raises(ValueError, match="unknown split 'dev'; choose one of train, val, test"):
+        FERPlus.from_csv(bad, ferplus, split="dev")  # the names are checked before any file is read
 
 
 def test_attributes_and_targets_per_mode(sample: Path) -> None:
@@ -247,8 +247,8 @@ def test_torchvision_transforms(sample: Path, torchvision) -> None:
 
 
 def test_bad_arguments(sample: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown split 'valid'; choose one of train, val, test"):
-        FERPlus(sample / "data", split="valid")
+    with pytest.raises(ValueError, match="unknown split 'dev'; choose one of train, val, test"):
+        FERPlus(sample / "data", split="dev")
     with pytest.raises(ValueError, match="unknown mode 'soft'; choose one of majority, probability, crossentropy"):
         FERPlus(sample / "data", mode="soft")
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'FER2013Test'}: no such folder"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -78,8 +79,8 @@ def test_checkpoint_and_onnx_agree(data, run_folder, tmp_path, capsys):
     assert evaluate([str(run_folder / "model.onnx"), "-d", str(base), "--output", str(onnx_out), "-b", "7"]) == 0
 
     # Default output: the checkpoint's folder.
-    from_checkpoint = json.loads((run_folder / "eval_best_test.json").read_text())
-    from_onnx = json.loads((onnx_out / "eval_model_onnx_test.json").read_text())
+    from_checkpoint = json.loads((run_folder / f"eval_best_{base.name}_test.json").read_text())
+    from_onnx = json.loads((onnx_out / f"eval_model_onnx_{base.name}_test.json").read_text())
     assert from_checkpoint["format"] == "checkpoint" and from_onnx["format"] == "onnx"
     assert from_checkpoint["model"] == from_onnx["model"] == "vgg13_tiny"
     assert from_checkpoint["confusion_matrix"] == from_onnx["confusion_matrix"]
@@ -90,17 +91,40 @@ def test_checkpoint_and_onnx_agree(data, run_folder, tmp_path, capsys):
         assert result["num_images"] == confusion.sum() == kept < NUM_IMAGES
         assert result["accuracy"] == pytest.approx(np.trace(confusion) / kept)
         assert set(result["per_class_accuracy"]) == set(EMOTIONS)
-    for png in (run_folder / "eval_best_test.png", onnx_out / "eval_model_onnx_test.png"):
+    for png in (run_folder / f"eval_best_{base.name}_test.png", onnx_out / f"eval_model_onnx_{base.name}_test.png"):
         assert png.read_bytes()[:8] == PNG_SIGNATURE
     assert f"accuracy: {100 * from_checkpoint['accuracy']:.2f}%" in printed
     assert "true \\ pred" in printed  # the confusion table
 
 
-def test_split_choice(data, run_folder, tmp_path):
+@pytest.mark.parametrize("spelling", ["val", "valid"])
+def test_split_choice(data, run_folder, tmp_path, spelling):
     base, _ = data
-    assert evaluate([str(run_folder / "best.pt"), "-d", str(base), "--split", "valid", "--output", str(tmp_path)]) == 0
-    assert json.loads((tmp_path / "eval_best_valid.json").read_text())["split"] == "valid"
-    assert (tmp_path / "eval_best_valid.png").is_file()
+    assert evaluate([str(run_folder / "best.pt"), "-d", str(base), "--split", spelling, "--output", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / f"eval_best_{base.name}_val.json").read_text())["split"] == "val"
+    assert (tmp_path / f"eval_best_{base.name}_val.png").is_file()
+
+
+def test_other_data_folders_and_labels_never_overwrite(data, run_folder, tmp_path):
+    base, _ = data
+    other = tmp_path / "other_data"
+    shutil.copytree(base / "FER2013Test", other / "FER2013Test")
+    out = tmp_path / "out"
+    for argv in ([], ["--label", "second"]):
+        assert evaluate([str(run_folder / "best.pt"), "-d", str(base), "--output", str(out), *argv]) == 0
+    assert evaluate([str(run_folder / "best.pt"), "-d", str(other), "--output", str(out)]) == 0
+    written = sorted(p.name for p in out.glob("*.json"))
+    assert written == sorted(f"eval_best_{label}_test.json" for label in (base.name, "second", "other_data"))
+    assert json.loads((out / "eval_best_other_data_test.json").read_text())["data_folder"] == str(other / "FER2013Test")
+
+
+@pytest.mark.parametrize("label", ["a/b", "..", ""])
+def test_a_label_is_a_plain_name(data, run_folder, tmp_path, label, capsys):
+    base, _ = data
+    argv = [str(run_folder / "best.pt"), "-d", str(base), "--output", str(tmp_path), "--label", label]
+    assert evaluate(argv) == 2
+    assert "give a plain name" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_missing_split_is_a_clear_error(data, run_folder, tmp_path, capsys):

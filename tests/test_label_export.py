@@ -229,7 +229,7 @@ def test_failure_while_linking_leaves_nothing_behind(synthetic_data: Path, tmp_p
     "argv, message",
     [
         (["--csv", "OUT"], "{data}/FER2013Train: no such folder"),
-        (["--csv", "OUT", "--splits", "train", "valid"], "unknown split 'valid'; choose one of train, val, test"),
+        (["--csv", "OUT", "--splits", "train", "dev"], "unknown split 'dev'; choose one of train, val, test"),
         ([], "nothing to export: give a CSV folder, an ImageFolder output or both"),
         (["--imagefolder", "OUT", "--splits", "test"], "{data}/FER2013Test/label.csv: line 2: image "),
     ],

@@ -20,6 +20,8 @@ import torch
 import ferplus.engine
 from ferplus.checkpoint import load_checkpoint, load_model, save_checkpoint
 from ferplus.data import SPLIT_FOLDERS, EvalSet, TrainStream, read_folder, summary_table
+from ferplus.engine import TrainConfig
+from ferplus.errors import FerplusError
 from ferplus.fileio import FolderLock
 from ferplus.labels import EMOTIONS, MODES
 from ferplus.models import create_model
@@ -94,7 +96,7 @@ def test_each_mode_learns(mode, synthetic_data, tmp_path):
     assert train_cli(*tiny_args(synthetic_data, tmp_path / mode, "-m", mode, "-e", LEARNING_EPOCHS)) == 0
     results = json.loads((tmp_path / mode / "results.json").read_text())
     assert results["mode"] == mode
-    assert results["best_val_accuracy"] > majority_rate(synthetic_data, "valid") + LEARNING_MARGIN
+    assert results["best_val_accuracy"] > majority_rate(synthetic_data, "val") + LEARNING_MARGIN
     assert results["test_accuracy"] > majority_rate(synthetic_data, "test") + LEARNING_MARGIN
     history = results["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -132,7 +134,7 @@ def test_run_folder_contents(runs, synthetic_data):
     log = (folder / "train.log").read_text().splitlines()
     table = summary_table({
         "Train": TrainStream(read_folder(synthetic_data / SPLIT_FOLDERS["train"]), "majority", 32, "cpu").class_counts,
-        "Val": EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["valid"]), "cpu").class_counts,
+        "Val": EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["val"]), "cpu").class_counts,
         "Test": test_set.class_counts,
     }).splitlines()
     assert log[: len(table)] == table
@@ -159,7 +161,7 @@ def test_zero_epochs_prints_the_table_and_writes_nothing(synthetic_data, tmp_pat
     train = read_folder(synthetic_data / SPLIT_FOLDERS["train"])
     expected = summary_table({
         "Train": TrainStream(train, "crossentropy", 32, "cpu").class_counts,
-        "Val": EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["valid"]), "cpu").class_counts,
+        "Val": EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["val"]), "cpu").class_counts,
         "Test": EvalSet(read_folder(synthetic_data / SPLIT_FOLDERS["test"]), "cpu").class_counts,
     })
     assert capsys.readouterr().out == expected + "\n"
@@ -226,7 +228,7 @@ def test_missing_split_folder(synthetic_data, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(synthetic_data / SPLIT_FOLDERS["train"], data / SPLIT_FOLDERS["train"])
     assert train_cli(*tiny_args(data, tmp_path / "run", "-e", 1)) == 2
-    assert _one_line_error(capsys).startswith(f"train.py: error: {data / SPLIT_FOLDERS['valid']}: no such folder")
+    assert _one_line_error(capsys).startswith(f"train.py: error: {data / SPLIT_FOLDERS['val']}: no such folder")
     assert not (tmp_path / "run").exists()
 
 
@@ -240,43 +242,50 @@ def test_unknown_mode(synthetic_data, capsys):
 def test_split_emptied_by_the_mode(synthetic_data, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(synthetic_data, data, ignore=shutil.ignore_patterns("models"))
-    label_csv = data / SPLIT_FOLDERS["valid"] / "label.csv"
+    label_csv = data / SPLIT_FOLDERS["val"] / "label.csv"
     # Every validation image voted 'unknown' by all taggers: the majority rule keeps none.
     lines = [line.rsplit(",", 10)[0] + ",0,0,0,0,0,0,0,0,10,0" for line in label_csv.read_text().splitlines() if line]
     label_csv.write_text("\n".join(lines) + "\n")
     assert train_cli(*tiny_args(data, tmp_path / "run", "-e", 1)) == 2
-    assert _one_line_error(capsys) == f"train.py: error: {data / SPLIT_FOLDERS['valid']}: no images left to use in mode majority"
+    assert _one_line_error(capsys) == f"train.py: error: {data / SPLIT_FOLDERS['val']}: no images left to use in mode majority"
     assert not (tmp_path / "run").exists()
 
 
+def resume_in_the_library(runs, synthetic_data, **changes) -> str:
+    """The error of resuming the stopped run through the library with ``changes`` (train.py refuses them
+    before the engine sees them: tests/test_long_runs.py)."""
+    settings = {"model": MODEL, "device": "cpu", "output": str(runs["stopped"]), "max_epochs": EPOCHS, "resume": True}
+    config = TrainConfig(base_folder=str(synthetic_data), **{**settings, **changes})
+    with pytest.raises(FerplusError) as error:
+        ferplus.engine.train(config)
+    return str(error.value)
+
+
 @pytest.mark.parametrize(
-    "flags, message",
+    "changes, message",
     [
-        (("--model", "vgg13_small"), "checkpoint of model vgg13_tiny in mode majority, not model vgg13_small in mode majority"),
-        (("--model", MODEL, "-m", "probability"), "checkpoint of model vgg13_tiny in mode majority, not model vgg13_tiny in mode probability"),
+        ({"model": "vgg13_small"}, "checkpoint of model vgg13_tiny in mode majority, not model vgg13_small in mode majority"),
+        ({"training_mode": "probability"}, "checkpoint of model vgg13_tiny in mode majority, not model vgg13_tiny in mode probability"),
     ],
 )
-def test_resume_from_another_model_or_mode(runs, synthetic_data, flags, message, capsys):
+def test_resume_from_another_model_or_mode(runs, synthetic_data, changes, message):
     before = folder_state(runs["stopped"])
-    args = ["-d", synthetic_data, "--device", "cpu", "--output", runs["stopped"], "-e", EPOCHS, "--resume", *flags]
-    assert train_cli(*args) == 2
-    assert _one_line_error(capsys) == f"train.py: error: {runs['stopped'] / 'last.pt'}: {message}"
+    assert resume_in_the_library(runs, synthetic_data, **changes) == f"{runs['stopped'] / 'last.pt'}: {message}"
     assert folder_state(runs["stopped"]) == before
 
 
 @pytest.mark.parametrize(
-    "flags, message",
+    "changes, message",
     [
-        (("--seed", "3"), "the run was started with seed 0, not 3"),
-        (("--momentum", "0.5"), "the run was started with momentum 0.9, not 0.5"),
-        (("-b", "16"), "the run was started with batch_size 32, not 16"),
+        ({"seed": 3}, "the run was started with seed 0, not 3"),
+        ({"momentum": 0.5}, "the run was started with momentum 0.9, not 0.5"),
+        ({"batch_size": 16}, "the run was started with batch_size 32, not 16"),
     ],
 )
-def test_resume_with_other_settings(runs, synthetic_data, flags, message, capsys):
+def test_resume_with_other_settings(runs, synthetic_data, changes, message):
     before = folder_state(runs["stopped"])
-    assert train_cli(*tiny_args(synthetic_data, runs["stopped"], "-e", EPOCHS, "--resume", *flags)) == 2
-    assert _one_line_error(capsys) == (
-        f"train.py: error: {runs['stopped'] / 'last.pt'}: {message}; resume with the same settings or start a new --output"
+    assert resume_in_the_library(runs, synthetic_data, **changes) == (
+        f"{runs['stopped'] / 'last.pt'}: {message}; resume with the same settings or start a new --output"
     )
     assert folder_state(runs["stopped"]) == before
 
@@ -299,7 +308,7 @@ def test_existing_run_is_not_overwritten(runs, synthetic_data, capsys):
     assert train_cli(*tiny_args(synthetic_data, runs["stopped"], "-e", 1)) == 2
     assert _one_line_error(capsys) == (
         f"train.py: error: {runs['stopped']}: holds an earlier run (last.pt); "
-        "pass --resume to continue it or --output for a new one"
+        f"continue it with `python train.py --resume --output {runs['stopped']}` or choose another --output for a new one"
     )
     assert folder_state(runs["stopped"]) == before
 
@@ -411,7 +420,8 @@ def test_interrupted_run_says_how_to_go_on(runs, synthetic_data, tmp_path, monke
     monkeypatch.setattr(ferplus.engine, "plot_training_curves", interrupt)  # after the last epoch's checkpoint
     assert train_cli(*tiny_args(synthetic_data, output, "-e", 1)) == 130
     assert _one_line_error(capsys) == (
-        f"train.py: interrupted; {output / 'last.pt'} keeps the last finished epoch: continue with --resume --output {output}"
+        f"train.py: interrupted; {output / 'last.pt'} keeps the last finished epoch: "
+        f"continue with `python train.py --resume --output {output}`"
     )
     # Interrupted before anything was written, there is nothing to go on from, and no folder left.
     monkeypatch.setattr(ferplus.engine, "read_folder", interrupt)
@@ -470,7 +480,7 @@ def test_data_folder_given_one_level_too_deep(synthetic_data, tmp_path, capsys):
 def test_fifo_named_as_an_image_does_not_hang(synthetic_data, tmp_path, make_fifo, capsys):
     data = tmp_path / "data"
     shutil.copytree(synthetic_data, data, ignore=shutil.ignore_patterns("models"))
-    valid = data / SPLIT_FOLDERS["valid"]
+    valid = data / SPLIT_FOLDERS["val"]
     first_name = (valid / "label.csv").read_text().split(",", 1)[0]
     (valid / first_name).unlink()
     make_fifo(valid / first_name)

@@ -23,18 +23,19 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .data import FerFolder, read_folder
-from .fer_format import EMOTIONS, FACE_BOX, SPLIT_FOLDERS
+from .fer_format import EMOTIONS, FACE_BOX, SPLIT_FOLDERS, canonical_split
 from .labels import get_mode, majority_class, process_votes
 from .prepare import read_splits
 
 PathLike = Union[str, os.PathLike]
 
 #: The dataset's split names (torchvision's) and the prepared folder each one reads.
-SPLITS = {"train": SPLIT_FOLDERS["train"], "val": SPLIT_FOLDERS["valid"], "test": SPLIT_FOLDERS["test"]}
+SPLITS = SPLIT_FOLDERS
 
 
 def check_split(split: str) -> str:
-    """The prepared folder of ``split``; a ``ValueError`` naming the choices for an unknown split."""
+    """The prepared folder of ``split`` (``valid`` is read as ``val``); a ``ValueError`` naming the choices for an unknown split."""
+    split = canonical_split(split)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     return SPLITS[split]

@@ -10,6 +10,7 @@ leaves a run folder behind::
     results.json        test accuracy at the best validation epoch, per-class figures, timings
     curves.png          loss and accuracies per epoch
     confusion_test.png  the test confusion matrix at the best validation epoch
+    tensorboard/        with ``tensorboard``: TensorBoard event files (:mod:`ferplus.monitor`)
 
 Epochs are numbered from 0, as in the reference trainer's loop: epochs 0–19 run at the base
 learning rate, 20–39 at half of it and 40 onwards at a tenth. Every epoch's randomness
@@ -24,9 +25,8 @@ import dataclasses
 import json
 import math
 import platform
-import sys
+import shlex
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Generator, Iterator, List, Optional, Tuple
 
@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -45,9 +44,12 @@ from .fileio import FolderLock, atomic_write, read_regular_file, remove_stale_te
 from .hardware import configure_cpu_threads, configure_cuda, use_bf16
 from .labels import get_mode
 from .metrics import PERCENT, summarize
-from .models import DEFAULT_MODEL, MODELS, create_model
+from .models import MODELS, create_model
+from .monitor import TensorBoardLog, require_tensorboard
 from .plots import plot_confusion_matrix, plot_training_curves
+from .progress import EpochProgress
 from .runtime import EVAL_BATCH_SIZE, confusion_matrix, predict_scores, resolve_device
+from .settings import TrainConfig
 from .step import STEP_KINDS, EagerStep, make_step, resolve_step_kind
 
 #: (first epoch, factor of the base learning rate), epochs counted from 0.
@@ -81,31 +83,6 @@ RESUME_KEYS = (
 STARTED_SETTINGS = (*RESUME_FIXED_SETTINGS, "world_size")
 
 
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; field names match ``train.py``'s flags.
-
-    ``batch_size`` is per process: under ``torchrun`` with N processes an optimiser step
-    sees N × ``batch_size`` images, and ``lr`` is used as given (scale it yourself).
-    ``amp`` None means bf16 autocast where it pays (CUDA, CPUs with native bf16); ``step``
-    is one of :data:`~ferplus.step.STEP_KINDS`.
-    """
-
-    base_folder: str
-    training_mode: str = "majority"
-    max_epochs: int = 100
-    batch_size: int = 32
-    lr: float = 0.005
-    momentum: float = 0.9
-    seed: int = 0
-    device: str = "auto"
-    amp: Optional[bool] = None
-    output: Optional[str] = None
-    resume: bool = False
-    model: str = DEFAULT_MODEL
-    step: str = "auto"
-
-
 def learning_rate(base_lr: float, epoch: int) -> float:
     """The learning rate of ``epoch`` (counted from 0): the base rate, ×0.5 from 20, ×0.1 from 40."""
     factor = 1.0
@@ -123,6 +100,11 @@ def run_folder_name(model: str, mode: str) -> str:
 def default_output(base_folder: str, model: str, mode: str) -> Path:
     """Where a run goes without ``--output``: ``<data>/models/<run folder name>``."""
     return Path(base_folder) / "models" / run_folder_name(model, mode)
+
+
+def resume_command(output: Path) -> str:
+    """The command that continues the run in ``output``, ready to paste into a shell."""
+    return f"python train.py --resume --output {shlex.quote(str(output))}"
 
 
 def make_optimizer(model: nn.Module, lr: float, momentum: float) -> torch.optim.SGD:
@@ -161,6 +143,9 @@ def train_one_epoch(
 ) -> Generator[str, None, Tuple[torch.Tensor, torch.Tensor, int]]:
     """One pass over this rank's shard of epoch ``epoch``, yielding :data:`STEP` after each minibatch.
 
+    With ``progress``, a bar (on a terminal) or a line now and then (elsewhere) shows the
+    images done, images/s and the time left (:class:`~ferplus.progress.EpochProgress`).
+
     Returns ``(loss_sum, correct, images)``: the summed per-image loss and the number of
     correct argmax predictions as device tensors (no host sync inside the loop), and the number
     of images seen.
@@ -168,11 +153,16 @@ def train_one_epoch(
     step.model.train()
     step.start_epoch()
     images = 0
-    batches = tqdm(stream.epoch(epoch), total=len(stream), desc=f"epoch {epoch}", leave=False, disable=not progress)
-    for inputs, targets, labels in batches:
+    # The bar counts images on the host: it never reads a device tensor, so it adds no sync.
+    bar = EpochProgress(epoch, stream.shard_size) if progress else None
+    for inputs, targets, labels in stream.epoch(epoch):
         step(inputs, targets, labels)
         images += len(inputs)
+        if bar is not None:
+            bar.update(images)
         yield STEP
+    if bar is not None:
+        bar.close()
     return step.loss_sum, step.correct, images
 
 
@@ -220,12 +210,31 @@ def _check_config(config: TrainConfig) -> None:
         raise FerplusError(f"--lr {config.lr}: the learning rate must be a positive number")
     if not Path(config.base_folder).is_dir():
         raise FerplusError(f"{config.base_folder}: no such data folder")
+    if config.tensorboard:
+        require_tensorboard()
 
 
 def _describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+def start_summary(
+    device: torch.device, amp: bool, step_kind: str, model: str, parameters: int, images: Dict[str, int],
+    output: Path, start_epoch: int,
+) -> str:
+    """What a run is about to do, printed once at its start: where, how, on what, and into which folder."""
+    where = _describe_device(device)
+    threads = f", {torch.get_num_threads()} CPU threads" if device.type == "cpu" else ""
+    counts = " / ".join(f"{count:,} {split}" for split, count in images.items())
+    resumed = f", resuming at epoch {start_epoch}" if start_epoch else ""
+    return (
+        f"device {where}, bf16 {'on' if amp else 'off'}, {step_kind} step{threads}\n"
+        f"model {model}, {parameters:,} parameters\n"
+        f"images {counts} (those the mode keeps)\n"
+        f"run folder {output}{resumed}"
+    )
 
 
 def _versions() -> Dict[str, str]:
@@ -239,7 +248,8 @@ def _resume_state(config: TrainConfig, output: Path) -> Optional[Dict[str, Any]]
         for name in (LAST_CHECKPOINT, RESULTS_FILE):
             if (output / name).exists():
                 raise FerplusError(
-                    f"{output}: holds an earlier run ({name}); pass --resume to continue it or --output for a new one"
+                    f"{output}: holds an earlier run ({name}); continue it with `{resume_command(output)}` "
+                    "or choose another --output for a new one"
                 )
         return None
     if not last_path.is_file():
@@ -385,7 +395,7 @@ def train_steps(config: TrainConfig) -> RunSteps:
     except KeyboardInterrupt:
         last = output / LAST_CHECKPOINT
         if config.max_epochs > 0 and last.is_file():
-            advice = f"{last} keeps the last finished epoch: continue with --resume --output {output}"
+            advice = f"{last} keeps the last finished epoch: continue with `{resume_command(output)}`"
             raise KeyboardInterrupt(advice) from None
         raise
     finally:
@@ -467,7 +477,11 @@ def _train(
     if main:
         output.mkdir(parents=True, exist_ok=True)
         write_json(output / ARGS_FILE, resolved)
-        # The log restarts from the checkpoint's history, so a resumed log reads as an uninterrupted one.
+        images = {"train": stream.num_images, "val": val_set.num_images, "test": test_set.num_images}
+        parameters = sum(p.numel() for p in raw_model.parameters())
+        print(start_summary(device, amp, step.kind, config.model, parameters, images, output, start_epoch), flush=True)
+    board = TensorBoardLog(output, start_epoch) if main and config.tensorboard else None
+    if main:  # the log restarts from the checkpoint's history, so a resumed log reads as an uninterrupted one
         header = table + "\n" + "".join(format_epoch_line(record) + "\n" for record in history)
         atomic_write(log_path, lambda tmp: Path(tmp).write_text(header))
 
@@ -483,7 +497,7 @@ def _train(
             **best,
         }
 
-    progress = main and sys.stderr.isatty()
+    progress = main
     for epoch in range(start_epoch, config.max_epochs):
         epoch_start = time.perf_counter()
         lr = learning_rate(config.lr, epoch)
@@ -536,6 +550,8 @@ def _train(
             line = format_epoch_line(record)
             _append(log_path, line + "\n")
             print(line, flush=True)
+            if board is not None:
+                board.epoch(record)
         yield EPOCH_SAVED
 
     results = {
@@ -565,4 +581,6 @@ def _train(
         plot_training_curves(history, best["best_epoch"], output / CURVES_FILE)
         title = f"{run_folder_name(config.model, mode)}: test at best validation epoch {best['best_epoch']}"
         plot_confusion_matrix(np.asarray(best["test_confusion"]), output / CONFUSION_FILE, title)
+        if board is not None:
+            board.finish(results, output / CONFUSION_FILE, resolved)
     return results

@@ -10,26 +10,37 @@ import numpy as np
 
 from .data import EvalSet, read_folder
 from .errors import FerplusError
-from .fer_format import SPLIT_FOLDERS
+from .fer_format import SPLIT_FOLDERS, canonical_split
 from .fileio import write_json
 from .metrics import PERCENT, format_confusion, summarize
-from .runtime import EVAL_BATCH_SIZE, confusion_matrix
+from .runtime import confusion_matrix
 from .checkpoint import INFO_KEYS
 from .scorers import is_onnx, load_scorer
+from .settings import EVAL_BATCH_SIZE
 
 PathLike = Union[str, os.PathLike]
 
 
-def result_paths(output: PathLike, model_path: PathLike, split: str) -> Dict[str, Path]:
-    """Where evaluating ``model_path`` on ``split`` writes: ``eval_<model>_<split>.json`` and ``.png``.
+def result_paths(output: PathLike, model_path: PathLike, split: str, label: str) -> Dict[str, Path]:
+    """Where evaluating ``model_path`` on ``split`` writes: ``eval_<model>_<label>_<split>.json`` and ``.png``.
 
-    The names carry the model file's name (``best``, ``last``, ``best_onnx`` …), so evaluations
-    of different files sit side by side and never replace a run's own files.
+    The names carry the model file's name (``best``, ``last``, ``best_onnx`` …) and ``label``
+    (the data folder's name unless given), so evaluations of different files or on different
+    data sit side by side and never replace a run's own files or each other.
     """
     model_path = Path(model_path)
-    stem = f"eval_{model_path.stem}{'_onnx' if is_onnx(model_path) else ''}_{split}"
+    stem = f"eval_{model_path.stem}{'_onnx' if is_onnx(model_path) else ''}_{label}_{split}"
     output = Path(output)
     return {"json": output / f"{stem}.json", "png": output / f"{stem}.png"}
+
+
+def evaluation_label(data_folder: PathLike, label: Optional[str] = None) -> str:
+    """The label in evaluation file names: ``label`` if given, else the data folder's own name."""
+    if label is None:
+        label = Path(data_folder).resolve().name
+    if not label or label in (".", "..") or any(c in label for c in "/\\\0"):
+        raise FerplusError(f"--label {label!r}: give a plain name (no path separators)")
+    return label
 
 
 def evaluate_model_file(
@@ -39,13 +50,17 @@ def evaluate_model_file(
     batch_size: int = EVAL_BATCH_SIZE,
     device: str = "auto",
     output: Optional[PathLike] = None,
+    label: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint or ``.onnx`` file on a prepared split with majority labels.
 
-    Writes ``eval_<model>_<split>.json`` (the :func:`ferplus.metrics.summarize` figures plus
-    what was evaluated) and the confusion picture ``eval_<model>_<split>.png`` to ``output``
-    (default: the model file's folder; see :func:`result_paths`) and returns the JSON's contents. ONNX files run with onnxruntime on the CPU.
+    Writes ``eval_<model>_<label>_<split>.json`` (the :func:`ferplus.metrics.summarize` figures
+    plus what was evaluated) and the confusion picture ``eval_<model>_<label>_<split>.png`` to
+    ``output`` (default: the model file's folder; ``label`` defaults to the data folder's name;
+    see :func:`result_paths`) and returns the JSON's contents. ``split`` is ``train``, ``val``
+    or ``test`` (``valid`` is read as ``val``). ONNX files run with onnxruntime on the CPU.
     """
+    split = canonical_split(split)
     if split not in SPLIT_FOLDERS:
         raise FerplusError(f"--split {split}: choose one of {', '.join(SPLIT_FOLDERS)}")
     if batch_size < 1:
@@ -53,13 +68,13 @@ def evaluate_model_file(
     model_path = Path(model_path)
     folder = Path(data_folder) / SPLIT_FOLDERS[split]
     output = Path(output) if output is not None else model_path.parent
+    paths = result_paths(output, model_path, split, evaluation_label(data_folder, label))
 
     # Load the model before the data: a wrong model path should fail fast.
     scorer, info = load_scorer(model_path, device)
     eval_set = EvalSet(read_folder(folder), info["device"])
     confusion = confusion_matrix(scorer, eval_set.batches(batch_size)).cpu().numpy()
     result: Dict[str, Any] = {**info, "split": split, "data_folder": str(folder), **summarize(confusion)}
-    paths = result_paths(output, model_path, split)
     write_json(paths["json"], result)
     from .plots import plot_confusion_matrix  # matplotlib is imported only to draw
 

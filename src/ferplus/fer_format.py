@@ -26,8 +26,10 @@ CROP_SIZE = 64
 
 #: fer2013.csv's ``Usage`` value → prepared split folder, in split order.
 USAGE_FOLDERS = {"Training": "FER2013Train", "PublicTest": "FER2013Valid", "PrivateTest": "FER2013Test"}
-#: The splits by the names the tools use (``--split``) → prepared split folder.
-SPLIT_FOLDERS = dict(zip(("train", "valid", "test"), USAGE_FOLDERS.values()))
+#: The splits by the names the tools use (``--split``, ``FERPlus(split=...)``) → prepared split folder.
+SPLIT_FOLDERS = dict(zip(("train", "val", "test"), USAGE_FOLDERS.values()))
+#: Other spellings of a split that every tool accepts (the folder's own ``Valid``, older versions).
+SPLIT_ALIASES = {"valid": "val", "validation": "val"}
 LABEL_FILE = "label.csv"
 
 # fer2013.csv: its ``emotion`` column is FER's old label, unused by FER+.
@@ -41,6 +43,11 @@ FERPLUS_HEADER = ",".join((USAGE_COLUMN, NAME_COLUMN) + VOTE_CATEGORIES)
 #: label.csv columns: image name, face box, then the votes.
 LABEL_NAME_COLUMN, LABEL_BOX_COLUMN, LABEL_FIRST_VOTE_COLUMN = 0, 1, 2
 LABEL_NUM_COLUMNS = LABEL_FIRST_VOTE_COLUMN + NUM_VOTES
+
+
+def canonical_split(split: str) -> str:
+    """``split`` in the tools' own spelling (``valid`` → ``val``); anything else comes back unchanged."""
+    return SPLIT_ALIASES.get(split, split) if isinstance(split, str) else split
 
 
 def label_line(name: str, votes: Sequence[int], box: Sequence[int] = FACE_BOX) -> str:

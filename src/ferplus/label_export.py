@@ -55,7 +55,7 @@ import numpy as np
 from .data import FerFolder, read_folder
 from .datasets import SPLITS, check_split
 from .errors import FerplusError
-from .fer_format import EMOTIONS, VOTE_CATEGORIES
+from .fer_format import EMOTIONS, VOTE_CATEGORIES, canonical_split
 from .fileio import atomic_write
 from .labels import EVAL_MODE, MODES, majority_class, process_votes
 
@@ -150,7 +150,7 @@ def export_labels(
     if csv_dir is None and imagefolder is None:
         raise FerplusError("nothing to export: give a CSV folder, an ImageFolder output or both")
     try:
-        folders = {split: check_split(split) for split in dict.fromkeys(splits)}
+        folders = {canonical_split(split): check_split(split) for split in dict.fromkeys(splits)}
     except ValueError as e:
         raise FerplusError(str(e)) from None
     base = Path(base_folder)

@@ -16,6 +16,7 @@ import numpy as np
 import torch.nn.functional as F
 
 from .fer_format import EMOTIONS, NUM_EMOTIONS, NUM_VOTES, VOTE_CATEGORIES
+from .settings import MODE_NAMES
 from .losses import LossFn, TargetFn, distribution_target, drawn_target, multi_hot_target, multi_target_loss
 
 #: The largest vote count accepted: an image's votes then always add up within int64.
@@ -113,6 +114,7 @@ MODES: Dict[str, Mode] = {
         Mode("multi_target", _pick_multi_target, multi_hot_target, multi_target_loss),
     )
 }
+assert tuple(MODES) == MODE_NAMES, "settings.MODE_NAMES must list the modes"
 
 
 def get_mode(name: str) -> Mode:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .fer_format import CROP_SIZE, NUM_EMOTIONS
+from .settings import DEFAULT_MODEL, MODEL_NAMES
 
 INPUT_SIZE = CROP_SIZE  # every model takes (N, 1, INPUT_SIZE, INPUT_SIZE) preprocessed crops
 
@@ -82,7 +83,7 @@ MODELS: Dict[str, Callable[[], nn.Module]] = {
         widths=(8, 16, 32, 32), hidden=128, conv_dropout=0.1, dense_dropout=0.25, batch_norm=True
     ),
 }
-DEFAULT_MODEL = "vgg13"
+assert tuple(MODELS) == MODEL_NAMES, "settings.MODEL_NAMES must list the registry"
 
 
 def create_model(name: str = DEFAULT_MODEL) -> nn.Module:

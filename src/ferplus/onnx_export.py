@@ -25,6 +25,7 @@ from torch import nn
 from .errors import FerplusError
 from .fer_format import CROP_SIZE, NUM_EMOTIONS
 from .fileio import atomic_write
+from .settings import DEFAULT_VERIFY_BATCH
 from .scorers import BATCH_AXIS_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModel
 
 PathLike = Union[str, os.PathLike]
@@ -32,7 +33,6 @@ PathLike = Union[str, os.PathLike]
 OPSET = 17  # supported by every onnxruntime from 1.12 on and by the legacy exporter of torch 2.1+
 #: onnxruntime's float32 kernels differ from PyTorch's by rounding only; more means a broken graph.
 MAX_ABS_DIFF = 1e-4
-DEFAULT_VERIFY_BATCH = 8
 VERIFY_SEED = 0
 
 

@@ -12,9 +12,8 @@ from torch import nn
 
 from .errors import FerplusError
 from .fer_format import NUM_EMOTIONS
+from .settings import EVAL_BATCH_SIZE
 
-#: Images per forward pass when scoring (no gradients, so far more than a training minibatch fit).
-EVAL_BATCH_SIZE = 256
 #: Preprocessed crops (N, 1, 64, 64) → raw scores (N, 8), both torch tensors.
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 

@@ -33,11 +33,8 @@ from torch import nn
 from .fer_format import NUM_EMOTIONS
 from .losses import LossFn
 from .models import INPUT_SIZE
+from .settings import STEP_KINDS
 
-#: ``--step`` choices: ``auto`` is ``graph`` on CUDA and ``eager`` elsewhere and under torchrun;
-#: ``compiled`` is ``graph`` with the network compiled by ``torch.compile`` inside the graph (its
-#: dropout masks come from the compiler's own random-number code, so they differ from eager's).
-STEP_KINDS = ("auto", "eager", "graph", "compiled")
 #: Eager runs of the fast step before capture: cuDNN autotuning and lazy initialisation happen
 #: there, not in the graph (the CUDA-graph documentation's warm-up on a side stream).
 WARMUP_STEPS = 3

@@ -11,17 +11,15 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from ..checkpoint import describe, load_model
 from ..errors import FerplusError, run_cli
-from ..onnx_export import DEFAULT_VERIFY_BATCH, MAX_ABS_DIFF, export_onnx
-from ..scorers import INPUT_NAME, OUTPUT_NAME
+from ..settings import DEFAULT_VERIFY_BATCH
+from .common import make_parser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The command line of ``export_onnx.py``."""
-    parser = argparse.ArgumentParser(
-        prog="export_onnx.py",
-        description="Export a checkpoint to ONNX (Model Zoo emotion-ferplus interface), checked with onnxruntime.",
+    parser = make_parser(
+        "export_onnx.py", "Export a checkpoint to ONNX (Model Zoo emotion-ferplus interface), checked with onnxruntime."
     )
     parser.add_argument("checkpoint", help="checkpoint to export (best.pt, last.pt)")
     parser.add_argument("output", help="the .onnx file to write")
@@ -36,6 +34,10 @@ def main(args: argparse.Namespace) -> None:
     """Export, verify and report."""
     if args.verify_batch < 1:
         raise FerplusError(f"--verify-batch {args.verify_batch}: compare at least one crop")
+    from ..checkpoint import describe, load_model
+    from ..onnx_export import MAX_ABS_DIFF, export_onnx
+    from ..scorers import INPUT_NAME, OUTPUT_NAME
+
     model, state = load_model(args.checkpoint, "cpu")
     result = export_onnx(model, args.output, verify_batch=args.verify_batch, metadata=describe(state))
     print(f"wrote {args.output}: input {INPUT_NAME} float32 [N, 1, 64, 64], output {OUTPUT_NAME} [N, 8] raw scores")

@@ -15,23 +15,20 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..datasets import SPLITS
 from ..errors import run_cli
-from ..label_export import export_labels, format_export_summary
-from .common import add_data_folder
+from ..fer_format import SPLIT_FOLDERS
+from .common import add_data_folder, make_parser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The command line of ``export_labels.py``."""
-    parser = argparse.ArgumentParser(
-        prog="export_labels.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = make_parser("export_labels.py", __doc__)
     add_data_folder(parser)
     parser.add_argument("--csv", type=Path, help="folder that receives ferplus_<split>.csv (created if needed)")
     parser.add_argument("--imagefolder", type=Path, help="folder to build the ImageFolder tree in (new or empty)")
     parser.add_argument(
-        "--splits", nargs="+", default=list(SPLITS), metavar="SPLIT",
-        help=f"splits to export, of {', '.join(SPLITS)} (default: all)",
+        "--splits", nargs="+", default=list(SPLIT_FOLDERS), metavar="SPLIT",
+        help=f"splits to export, of {', '.join(SPLIT_FOLDERS)} (valid is read as val; default: all)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing CSVs and a non-empty --imagefolder")
     return parser
@@ -39,6 +36,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     """Export as the parsed arguments say and print what was written."""
+    from ..label_export import export_labels, format_export_summary
+
     summary = export_labels(args.base_folder, args.csv, args.imagefolder, args.splits, args.overwrite)
     print(f"wrote {', '.join(str(path) for path in summary.written)}")
     print(format_export_summary(summary))

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import FerplusError, run_cli
-from ..prepare import format_summary, generate_training_data
-from ..synthetic import write_sample
+from .common import make_parser
 
 #: The FER+ votes that ship with the project, found from a clone or an editable install.
 SHIPPED_FERPLUS = Path(__file__).resolve().parents[3] / "data" / "fer2013new.csv"
@@ -26,12 +25,10 @@ SYNTHETIC_FOLDER = "synthetic"
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Flags of generate_training_data.py (the reference FER+ tools' spellings are accepted too)."""
-    parser = argparse.ArgumentParser(
-        prog="generate_training_data.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = make_parser("generate_training_data.py", __doc__)
     parser.add_argument(
         "-d", "--base-folder", "--base_folder", dest="base_folder", type=Path, default=Path("data"),
-        help="folder that receives FER2013Train/ FER2013Valid/ FER2013Test/ (default: data)",
+        help="folder that receives FER2013Train/ FER2013Valid/ FER2013Test/",
     )
     parser.add_argument(
         "-fer", "--fer-path", "--fer_path", dest="fer_path", type=Path,
@@ -47,6 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     """Prepare the split folders from the given CSV pair, or from a fresh synthetic sample."""
+    from ..prepare import format_summary, generate_training_data
+    from ..synthetic import write_sample
+
     fer_path, ferplus_path = args.fer_path, args.ferplus_path
     if fer_path is None:
         if ferplus_path is not None:

@@ -18,17 +18,16 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import FerplusError, run_cli
-from .common import add_device
+from .common import add_device, make_parser
 
 EXIT_SOME_FAILED = 1
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The command line of ``predict.py``."""
-    parser = argparse.ArgumentParser(
-        prog="predict.py",
-        description="Find faces in photos, videos or a camera and predict their emotions "
-        "with a checkpoint or an exported .onnx model.",
+    parser = make_parser(
+        "predict.py",
+        "Find faces in photos, videos or a camera and predict their emotions with a checkpoint or an exported .onnx model.",
     )
     parser.add_argument("--model", required=True, help="checkpoint (best.pt) or exported .onnx file")
     parser.add_argument(

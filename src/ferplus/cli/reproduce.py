@@ -10,25 +10,20 @@ import argparse
 from typing import Optional, Sequence
 
 from ..errors import FerplusError, run_cli
-from ..labels import MODES
-from ..models import DEFAULT_MODEL, MODELS
-from ..reproduce import reproduce
-from ..step import STEP_KINDS
-from .common import add_data_folder, add_device
+from ..settings import DEFAULT_MODEL, MODE_NAMES, MODEL_NAMES, STEP_KINDS
+from .common import add_data_folder, add_device, make_parser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The command line of ``reproduce.py``."""
-    parser = argparse.ArgumentParser(
-        prog="reproduce.py", description="Train every mode with several seeds and tabulate the test accuracy."
-    )
+    parser = make_parser("reproduce.py", "Train every mode with several seeds and tabulate the test accuracy.")
     add_data_folder(parser)
     parser.add_argument("--seeds", type=int, default=5, help="runs per mode (seeds 0 … N−1)")
-    parser.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES), help="modes to train")
+    parser.add_argument("--modes", nargs="+", choices=MODE_NAMES, default=list(MODE_NAMES), help="modes to train")
     parser.add_argument(
         "-e", "--max-epochs", "--max_epochs", dest="max_epochs", type=int, default=100, help="epochs per run"
     )
-    parser.add_argument("--model", choices=tuple(MODELS), default=DEFAULT_MODEL, help="network from the model registry")
+    parser.add_argument("--model", choices=MODEL_NAMES, default=DEFAULT_MODEL, help="network from the model registry")
     add_device(parser, "auto", "where to train")
     parser.add_argument(
         "--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -53,6 +48,8 @@ def main(args: argparse.Namespace) -> None:
         raise FerplusError("--seeds, --max-epochs and --jobs must be at least 1")
     if args.time_budget is not None and not args.time_budget > 0:
         raise FerplusError(f"--time-budget {args.time_budget}: give a positive number of seconds")
+    from ..reproduce import reproduce
+
     reproduce(
         args.base_folder, seeds=args.seeds, modes=args.modes, max_epochs=args.max_epochs, model=args.model,
         device=args.device, output=args.output, amp=args.amp, step=args.step, jobs=args.jobs,
