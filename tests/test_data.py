@@ -100,7 +100,7 @@ VOTE_TAIL = ",".join(map(str, VOTES[0]))
         ('fer0000002.png,"(0, 0, 48, 48)",4,0,0,1.5,3,2,0,0,0,0', "non-negative integers, got '1.5'"),
         ('fer0000002.png,"(0, 0, 48, 48)",4,0,0,x,3,2,0,0,0,0', "non-negative integers"),
         (f'missing.png,"(0, 0, 48, 48)",{VOTE_TAIL}', "missing.png: no such file"),
-        (f',"(0, 0, 48, 48)",{VOTE_TAIL}', "empty image name"),
+        (f',"(0, 0, 48, 48)",{VOTE_TAIL}', "image name '' is empty"),
     ],
 )
 def test_bad_label_lines_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ferplus import prepare
 from ferplus.pack import PACK_FILE
-from ferplus.prepare import GENERATION_LOCK, encode_png, generate_training_data
+from ferplus.prepare import RUN_LOCK, encode_png, generate_training_data
 from scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def make_rows(seed: int = 0, per_split: int = 3) -> List[dict]:
 
 #: Files whose bytes differ between equal runs: the pack records its PNGs' mtimes and inodes
 #: (its contents are checked by test_data.py), the lock file is empty.
-UNCOMPARED = (PACK_FILE, GENERATION_LOCK)
+UNCOMPARED = (PACK_FILE, RUN_LOCK)
 
 
 def snapshot(folder: Path) -> Dict[str, bytes]:
@@ -209,7 +209,7 @@ def test_rerun_replaces_the_split_folders_and_nothing_else(tmp_path: Path) -> No
     assert after.pop("fer2013new.csv") == b"shipped labels\n"
     assert after.pop("notes/keep.txt") == b"mine\n"
     assert after == snapshot(fresh)  # no file of the first run survives
-    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + ("fer2013new.csv", "notes", GENERATION_LOCK))
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + ("fer2013new.csv", "notes", RUN_LOCK))
 
 
 def test_failure_while_writing_leaves_previous_output_intact(tmp_path: Path, monkeypatch) -> None:
@@ -231,7 +231,7 @@ def test_failure_while_writing_leaves_previous_output_intact(tmp_path: Path, mon
     with pytest.raises(OSError):
         generate_training_data(base, other.fer, other.ferplus, progress=False)
     assert snapshot(base) == before
-    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (GENERATION_LOCK,))  # no staging folder left
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (RUN_LOCK,))  # no staging folder left
 
 
 def test_leftovers_of_a_killed_run_are_removed(tmp_path: Path) -> None:
@@ -244,7 +244,7 @@ def test_leftovers_of_a_killed_run_are_removed(tmp_path: Path) -> None:
     (base / f"{prepare.STAGING_PREFIX}12345-a1b2c_d3").mkdir()
     pair = Pair(tmp_path / "csv", make_rows()).write()
     generate_training_data(base, pair.fer, pair.ferplus, progress=False)
-    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (GENERATION_LOCK,))
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (RUN_LOCK,))
 
 
 def test_a_users_folders_named_like_staging_folders_are_left_alone(tmp_path: Path) -> None:
@@ -281,7 +281,7 @@ def test_a_second_run_on_the_same_folder_fails_with_one_line_and_touches_nothing
         "try again when it ends\n"
     )
     assert snapshot(base) == before
-    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (GENERATION_LOCK,))
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (RUN_LOCK,))
 
 
 def split_snapshots(base: Path) -> Dict[str, Dict[str, bytes]]:
@@ -333,7 +333,7 @@ def test_a_kill_at_any_rename_never_loses_a_split(kill_at: int, tmp_path: Path) 
     # What the next run does first: that run's splits were complete, so it finishes their swap.
     prepare.recover(base)
     assert split_snapshots(base) == olds
-    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (GENERATION_LOCK,))
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (RUN_LOCK,))
 
 
 # Holds a pool whose two workers are busy for a minute, and prints their process ids.

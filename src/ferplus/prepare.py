@@ -32,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -100,9 +101,9 @@ STAGING_PREFIX = ".generate-staging-"  # + "<pid>-<random>": lets a later run fi
 #: empty ones of the exact name mkdtemp gives), never a user's folder that happens to match.
 STAGING_MARKER = ".made-by-ferplus-generate"
 _STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"\d+-[a-z0-9_]{8}")
-#: Lock file in the data folder: shared by readers while they read the splits, exclusive by the
-#: generator while it swaps new split folders in, so a reader sees one whole generation.
-GENERATION_LOCK = ".generation.lock"
+#: Lock file of the data folder, held by the one generator run that writes it. (The folder
+#: itself is locked by readers and by the generator's swap: :func:`generation_lock`.)
+RUN_LOCK = ".generate.lock"
 #: Created in a staging folder once all its split folders are complete: from then on the new
 #: splits win, and whoever finds the staging folder finishes moving them in.
 COMPLETE_MARKER = "complete"
@@ -659,21 +660,13 @@ def unfinished_swap(base: Path) -> Optional[Path]:
 
 @contextlib.contextmanager
 def generation_lock(base: Path, exclusive: bool) -> Iterator[None]:
-    """Hold :data:`GENERATION_LOCK` of the data folder ``base``: shared (readers) or exclusive
-    (the generator's swap), waiting for it.
+    """Hold a lock on the data folder ``base`` itself, waiting for it: shared by readers while
+    they read its splits, exclusive by the generator while it swaps new split folders in.
 
-    Readers need no write access: when the lock file is missing (a folder made by an older
-    generator) and cannot be created, they read unlocked. Without ``fcntl`` nothing is locked.
+    A reader so sees one whole generation, and needs no write access. Without ``fcntl``
+    (Windows), or on a file system that cannot lock a folder, nothing is locked.
     """
-    path = base / GENERATION_LOCK
-    fd = None
-    if fcntl is not None:
-        for flags in (os.O_RDONLY, os.O_RDONLY | os.O_CREAT):
-            try:
-                fd = os.open(path, flags | _O_NONBLOCK, FILE_MODE)
-                break
-            except OSError:
-                continue
+    fd = os.open(base, os.O_RDONLY) if fcntl is not None else None
     try:
         if fd is not None:
             try:
@@ -688,17 +681,19 @@ def generation_lock(base: Path, exclusive: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _exclusive(base: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the folder ``base`` itself (so nothing is added to it) while in the block.
+    """Hold the exclusive :data:`RUN_LOCK` of ``base`` while in the block: one generator run at a time.
 
     The kernel drops the lock when the process dies, however it dies, so a staging folder found
     by the holder belongs to a dead run. Without ``fcntl`` (Windows), or on a file system that
-    cannot lock a folder, nothing is locked and one run at a time is the user's care.
+    cannot lock, nothing is locked and one run at a time is the user's care.
     """
     if fcntl is None:
         yield
         return
-    fd = os.open(base, os.O_RDONLY)
+    fd = os.open(base / RUN_LOCK, os.O_RDWR | os.O_CREAT | _O_NONBLOCK, FILE_MODE)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FerplusError(f"{base / RUN_LOCK}: not a regular file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
