@@ -463,7 +463,7 @@ def test_a_changed_folder_is_decoded_afresh_with_a_note(
     capsys.readouterr()
     assert same(read_folder(folder), expected)
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith(f"note: {folder}: ") and err[0].endswith(": decoding the PNGs")
+    assert len(err) == 1 and err[0].startswith(f"note: {folder}: ") and err[0].endswith(": decoded the PNGs instead")
 
 
 def test_a_removed_png_is_an_error_not_the_packed_image(tmp_path: Path, synthetic_data: Path, capsys) -> None:

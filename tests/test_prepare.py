@@ -449,6 +449,15 @@ BAD_INPUTS: Dict[str, tuple] = {
                           "line 3: expected 12 fields, found 4"),
     "unsafe image name": (_ferplus_field(2, 1, "../evil.png"), "ferplus",
                           "line 2: image name '../evil.png' is not a plain .png file name"),
+    "both header-only": (_lines(lambda p: (p.fer_lines.__delitem__(slice(1, None)),
+                                           p.ferplus_lines.__delitem__(slice(1, None)))), "ferplus",
+                         "no rows after the header"),
+    "ferplus rows reordered": (_lines(lambda p: p.ferplus_lines.insert(3, p.ferplus_lines.pop(1))), "ferplus",
+                               "line 4: image name fer0000000.png comes after fer0000002.png"),
+    "fer pixels twice": (_lines(lambda p: p.fer_lines.__setitem__(0, "emotion,pixels,Usage,pixels")), "fer",
+                         "line 1: column 'pixels' appears more than once"),
+    "ferplus NF twice": (_lines(lambda p: p.ferplus_lines.__setitem__(0, FERPLUS_HEADER + ",NF")), "ferplus",
+                         "line 1: column 'NF' appears more than once"),
 }
 
 

@@ -145,7 +145,9 @@ def read_folder(folder: Union[str, Path]) -> FerFolder:
     """
     folder = _existing_split(Path(folder))
     with generation_lock(folder.parent, exclusive=False):
-        return _read_split(folder)
+        data, note = _read_split(folder)
+    _print_notes([note])
+    return data
 
 
 def read_data_folder(
@@ -168,7 +170,9 @@ def read_data_folder(
                 f"{base}: a generator run was stopped while it swapped in new split folders ({staging.name}); "
                 "run generate_training_data.py again, which finishes the swap first"
             )
-        return {name: _read_split(path) for name, path in paths.items()}
+        read = {name: _read_split(path) for name, path in paths.items()}
+    _print_notes([note for _, note in read.values()])
+    return {name: data for name, (data, _) in read.items()}
 
 
 def _existing_split(folder: Path) -> Path:
@@ -177,14 +181,19 @@ def _existing_split(folder: Path) -> Path:
     return folder
 
 
-def _read_split(folder: Path) -> FerFolder:
+def _print_notes(notes: Sequence[str]) -> None:
+    """Print the notes of splits read, once all of them were read (an error is then its own one line)."""
+    for note in filter(None, notes):
+        print(f"note: {note}", file=sys.stderr, flush=True)
+
+
+def _read_split(folder: Path) -> tuple[FerFolder, str]:
+    """The split, and a note ("" when none) on why its pack was not used."""
     label_path = folder / LABEL_FILE
     data, numbered = read_label_file(label_path)
     pack = load_pack(folder, data)
     if isinstance(pack, Pack):
-        return FerFolder(folder=folder, names=pack.names, boxes=pack.boxes, votes=pack.votes, images=pack.images)
-    if pack is not None:
-        print(f"note: {folder}: {pack}: decoding the PNGs", file=sys.stderr, flush=True)
+        return FerFolder(folder=folder, names=pack.names, boxes=pack.boxes, votes=pack.votes, images=pack.images), ""
     if not numbered:
         raise FerplusError(f"{label_path}: no images listed")
     parsed = [_parse_line(row, f"{label_path}: line {number}") for number, row in numbered]
@@ -214,13 +223,14 @@ def _read_split(folder: Path) -> FerFolder:
             raise FerplusError(
                 f"{where}: image {name} is {width}x{height} pixels, the folder's others are {shape[1]}x{shape[0]}"
             )
+    note = f"{folder}: {pack}: decoded the PNGs instead" if pack is not None else ""
     return FerFolder(
         folder=folder,
         names=names,
         boxes=np.array([box for _, box, _ in parsed], dtype=np.int64).reshape(-1, 4),
         votes=np.array([votes for _, _, votes in parsed], dtype=np.int64).reshape(-1, NUM_VOTES),
         images=np.stack(images),
-    )
+    ), note
 
 
 def _seed(*key: int) -> int:
