@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -11,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from ferplus.data import SPLIT_FOLDERS, EvalSet, FerFolder, TrainStream, read_folder, summary_table
+from ferplus.data import SPLIT_FOLDERS, EvalSet, FerFolder, TrainStream, read_data_folder, read_folder, summary_table
 from ferplus import prepare
 from ferplus.errors import FerplusError
 from ferplus.pack import PACK_FILE
-from ferplus.synthetic import FER_CSV, FERPLUS_CSV
+from ferplus.synthetic import FER_CSV, FERPLUS_CSV, write_sample
 from ferplus.labels import EMOTIONS, NUM_EMOTIONS, process_votes
 from ferplus.transforms import preprocess
 
@@ -535,3 +537,46 @@ def test_label_csv_for_reproduce_is_read_by_the_shared_reader(tmp_path: Path, ma
     make_fifo(train / "label.csv")
     with pytest.raises(FerplusError, match="label.csv: cannot read: not a regular file"):
         _train_images(str(tmp_path))
+
+
+# ---------------------------------------------------------------- one generation
+# Regenerates the data folder from two CSV pairs in turn, ``rounds`` times, printing each round.
+REGENERATION_LOOP = r"""
+import sys
+from ferplus.prepare import generate_training_data
+base, rounds, pairs = sys.argv[1], int(sys.argv[2]), [sys.argv[3:5], sys.argv[5:7]]
+for i in range(rounds):
+    generate_training_data(base, *pairs[i % 2], progress=False)
+    print(i, flush=True)
+"""
+
+
+def test_readers_see_one_whole_generation_while_it_is_regenerated(tmp_path: Path) -> None:
+    pairs = [write_sample(tmp_path / name, per_split=24, seed=seed) for name, seed in (("a", 1), ("b", 2))]
+    generations = []
+    for i, pair in enumerate(pairs):
+        prepare.generate_training_data(tmp_path / f"ref{i}", *pair, progress=False)
+        generations.append({k: v.votes.tobytes() + v.images.tobytes() for k, v in read_data_folder(tmp_path / f"ref{i}").items()})
+    base = tmp_path / "data"
+    prepare.generate_training_data(base, *pairs[0], progress=False)
+    loop = subprocess.Popen([sys.executable, "-c", REGENERATION_LOOP, str(base), "12", *map(str, pairs[0] + pairs[1])],
+                            stdout=subprocess.PIPE, text=True)
+    seen = set()
+    while loop.poll() is None:  # read as long as the loop regenerates
+        read = {k: v.votes.tobytes() + v.images.tobytes() for k, v in read_data_folder(base).items()}
+        assert read in generations, "splits of different generations"
+        seen.add(generations.index(read))
+    assert loop.returncode == 0 and loop.stdout.read().split() == [str(i) for i in range(12)]
+    assert seen  # at least one read overlapped the loop
+
+
+def test_a_half_done_swap_is_refused_in_one_line(synthetic_data: Path, tmp_path: Path) -> None:
+    base = tmp_path / "data"
+    shutil.copytree(synthetic_data, base)
+    staging = base / f"{prepare.STAGING_PREFIX}1-abcdefgh"
+    (staging / "FER2013Test").mkdir(parents=True)  # a killed run moved the other two splits in already
+    (staging / prepare.STAGING_MARKER).touch()
+    (staging / prepare.COMPLETE_MARKER).touch()
+    with pytest.raises(FerplusError, match="a generator run was stopped while it swapped in new split folders") as e:
+        read_data_folder(base)
+    assert "\n" not in str(e.value)

@@ -562,3 +562,30 @@ def test_real_sample_pixels_and_votes(shared_ferplus: Path, tmp_path: Path) -> N
             name = line.split(",")[0]
             np.testing.assert_array_equal(read_png(tmp_path / "data" / folder / name), pixels[name])
     assert sum(s["rows"] for s in summary.values()) == 600
+
+
+def _children(pid: int) -> List[int]:
+    """Process ids whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see the workers start")
+def test_ctrl_c_while_the_parsing_workers_start_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    pair = Pair(tmp_path / "csv", make_rows(per_split=30)).write()
+    argv = [sys.executable, str(SCRIPT), "-d", str(tmp_path / "data"), "-fer", str(pair.fer),
+            "-ferplus", str(pair.ferplus), "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while proc.poll() is None and not _children(proc.pid):  # the first worker is starting
+        time.sleep(0.001)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole process group
+    _, err = proc.communicate()
+    assert "Traceback" not in err, err
+    assert proc.returncode == 130 and err == "generate_training_data.py: interrupted\n", err
+    assert not (tmp_path / "data" / "FER2013Train").exists()
