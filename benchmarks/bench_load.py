@@ -13,7 +13,10 @@ a rotating order and each in a fresh process whose imports are done before the c
 * ``now``: this checkout's ``train.py -d DATA -e 0 --device cpu`` (read the three splits, put the
   training images on the device, preprocess the evaluation sets, print the class table);
 * ``base`` (with ``--base SRC``): the same command run from another source tree, e.g. the commit
-  before the packs.
+  before the packs;
+* ``now, reading`` and ``base, reading``: only the three ``ferplus.data.read_folder`` calls of
+  that command (what the packs speed up; the rest is putting the images on the device and
+  preprocessing the evaluation sets once).
 
 It prints the seconds and the ratio to the imread loop per round, then the medians; the target
 for ``now`` is at most 0.5. The page cache is warm after the first round: the figures compare
@@ -59,6 +62,16 @@ print(time.perf_counter() - start)
 """
 
 
+READ_ONLY = r"""
+import sys, time
+from ferplus.data import read_folder
+start = time.perf_counter()
+for split in %r:
+    read_folder(f"{sys.argv[1]}/{split}")
+print(time.perf_counter() - start)
+""" % (SPLITS,)
+
+
 def timed(script: str, data: Path, src: Path) -> float:
     """Seconds of the timed part of ``script`` run in a fresh process with ``src`` on its path."""
     env = {**os.environ, "PYTHONPATH": str(src)}
@@ -70,8 +83,10 @@ def timed(script: str, data: Path, src: Path) -> float:
 
 def main(args: argparse.Namespace) -> None:
     runs = {"imread loop": (IMREAD_LOOP, ROOT / "src"), "now": (TRAIN_E0, ROOT / "src")}
+    runs["now, reading"] = (READ_ONLY, ROOT / "src")
     if args.base is not None:
         runs["base"] = (TRAIN_E0, args.base)
+        runs["base, reading"] = (READ_ONLY, args.base)
     names = list(runs)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(args.repeat):
@@ -94,7 +109,8 @@ def main(args: argparse.Namespace) -> None:
 def get_args_parser() -> argparse.ArgumentParser:
     """Flags of the data loading benchmark."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-d", "--data", type=Path, required=True, help="a data folder made by this checkout's generator")
+    parser.add_argument("-d", "--data", type=Path, required=True,
+                        help="a data folder made by this checkout's generator")
     parser.add_argument("--base", type=Path, help="src/ folder of another checkout to time the same way")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (default: 3)")
     return parser

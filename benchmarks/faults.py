@@ -620,15 +620,24 @@ def _unreadable_output(base: Path) -> str:
     return ""
 
 
+#: train.py reading a data folder and nothing more.
+READ_ONLY_TRAIN = ("-e", "0", "--model", "vgg13_tiny", "--device", "cpu")
+
+
+def _prepared(work: Path, seed: int) -> Tuple[Path, Path]:
+    """A small prepared data folder ``work/data`` and an empty ``work/scratch`` for run_child."""
+    data = work / "data"
+    generate_training_data(data, *write_sample(work / "csv", per_split=PER_SPLIT // 4, seed=seed), progress=False)
+    (work / "scratch").mkdir()
+    return data, work / "scratch"
+
+
 def label_csv_fuzz(work: Path, cases: int, rng: np.random.Generator, timeout: float) -> Tally:
     """Run ``train.py -e 0`` on a prepared data folder with one damaged label.csv."""
     tally = Tally("label.csv fuzz")
     if cases == 0:
         return tally
-    data = work / "data"
-    generate_training_data(data, *write_sample(work / "csv", per_split=PER_SPLIT // 4, seed=5), progress=False)
-    scratch = work / "scratch"
-    scratch.mkdir()
+    data, scratch = _prepared(work, seed=5)
     mutations = {**{name: (lambda f: lambda d, r, folder: f(d, r))(f) for name, f in CSV_MUTATIONS.items()},
                  **LABEL_MUTATIONS}
     names = list(mutations)
@@ -638,8 +647,7 @@ def label_csv_fuzz(work: Path, cases: int, rng: np.random.Generator, timeout: fl
         folder = case_data / list(SPLIT_FOLDERS.values())[i % len(SPLIT_FOLDERS)]
         label = folder / LABEL_FILE
         label.write_bytes(mutations[mutation](label.read_bytes(), rng, folder))
-        run = run_child(TRAINER, ["-d", case_data, "-e", "0", "--model", "vgg13_tiny", "--device", "cpu"], timeout,
-                        scratch=scratch)
+        run = run_child(TRAINER, ["-d", case_data, *READ_ONLY_TRAIN], timeout, scratch=scratch)
         result = outcome(run, TRAINER.name)
         if result == "handled":
             tally.events["exit 0: still a valid label.csv" if run.code == 0 else "exit 2 with one line"] += 1
@@ -691,7 +699,7 @@ def readers_during_regeneration(work: Path, cases: int, rng: np.random.Generator
     reader.write_text(READER)
     scratch = work / "scratch"
     scratch.mkdir()
-    trainer_argv = ["-e", "0", "--model", "vgg13_tiny", "--device", "cpu"]
+    trainer_argv = list(READ_ONLY_TRAIN)
     expected: Dict[str, List[str]] = {"train.py": [], "reader.py": []}
     for i, pair in enumerate(pairs):  # what each tool prints for each generation, read alone
         generate_training_data(work / f"ref{i}", *pair, progress=False)
@@ -741,12 +749,9 @@ def hostile_names(work: Path, cases: int, rng: np.random.Generator, timeout: flo
     tally = Tally("hostile names")
     if cases == 0:
         return tally
-    data = work / "data"
-    generate_training_data(data, *write_sample(work / "csv", per_split=PER_SPLIT // 4, seed=8), progress=False)
+    data, scratch = _prepared(work, seed=8)
     outside = work / "ESCAPED.png"
     shutil.copyfile(next((data / SPLIT_FOLDERS["train"]).glob("*.png")), outside)
-    scratch = work / "scratch"
-    scratch.mkdir()
     exporter = ROOT / "export_labels.py"
     for i in range(cases):
         name = HOSTILE_NAMES[i % len(HOSTILE_NAMES)].format(outside=outside)
@@ -759,11 +764,11 @@ def hostile_names(work: Path, cases: int, rng: np.random.Generator, timeout: flo
         (folder / LABEL_FILE).write_bytes(b"\n".join(lines) + b"\n")
         before = sorted(p.relative_to(work) for p in work.rglob("*") if "scratch" not in p.parts)
         if i % 2 == 0:
-            tool, run = TRAINER.name, run_child(TRAINER, ["-d", case_data, "-e", "0", "--model", "vgg13_tiny",
-                                                          "--device", "cpu"], timeout, scratch=scratch)
+            tool = TRAINER.name
+            run = run_child(TRAINER, ["-d", case_data, *READ_ONLY_TRAIN], timeout, scratch=scratch)
         else:
-            tool, run = exporter.name, run_child(exporter, ["-d", case_data, "--imagefolder", case_dir / "tree"],
-                                                  timeout, scratch=scratch)
+            tool = exporter.name
+            run = run_child(exporter, ["-d", case_data, "--imagefolder", case_dir / "tree"], timeout, scratch=scratch)
         result, detail = outcome(run, tool), run.stderr.strip()[-300:]
         after = sorted(p.relative_to(work) for p in work.rglob("*") if "scratch" not in p.parts)
         if result == "handled" and run.code == 0:

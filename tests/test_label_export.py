@@ -238,7 +238,8 @@ def test_the_script_refuses_to_export_into_a_split_folder(synthetic_data: Path, 
     split = data / "FER2013Train"
     assert run_script("export_labels", "-d", data, "--imagefolder", split, "--overwrite") == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"export_labels.py: error: {split}: holds or is inside the split folder {split} being read; choose another output"
+        f"export_labels.py: error: {split}: holds or is inside the split folder {split} being read; "
+        "choose another output"
     ]
     assert snapshot(data) == before
 

@@ -77,7 +77,7 @@ UNCOMPARED = (PACK_FILE, RUN_LOCK)
 
 
 def snapshot(folder: Path) -> Dict[str, bytes]:
-    """Every file under ``folder`` (relative path → bytes) but :data:`UNCOMPARED`; {} when the folder does not exist."""
+    """Every file under ``folder`` (relative path → bytes) but :data:`UNCOMPARED`; {} for a missing folder."""
     if not folder.exists():
         return {}
     return {

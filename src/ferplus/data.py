@@ -143,9 +143,9 @@ def read_folder(folder: Union[str, Path]) -> FerFolder:
             missing or unreadable image (or one that is not a regular file, or too large to
             decode), or an image whose size differs from the folder's usual one.
     """
-    folder = _existing_split(Path(folder))
-    with generation_lock(folder.parent, exclusive=False):
-        data, note = _read_split(folder)
+    folder = Path(folder)
+    with generation_lock(folder.parent, exclusive=False):  # held before the folder is looked at
+        data, note = _read_split(_existing_split(folder))
     _print_notes([note])
     return data
 
@@ -162,8 +162,8 @@ def read_data_folder(
             split folders half done (its next run finishes it).
     """
     base = Path(base_folder)
-    paths = {name: _existing_split(base / name) for name in folders}
     with generation_lock(base, exclusive=False):
+        paths = {name: _existing_split(base / name) for name in folders}
         staging = unfinished_swap(base)
         if staging is not None:
             raise FerplusError(

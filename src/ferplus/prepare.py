@@ -664,9 +664,15 @@ def generation_lock(base: Path, exclusive: bool) -> Iterator[None]:
     they read its splits, exclusive by the generator while it swaps new split folders in.
 
     A reader so sees one whole generation, and needs no write access. Without ``fcntl``
-    (Windows), or on a file system that cannot lock a folder, nothing is locked.
+    (Windows), or on a file system that cannot lock a folder, nothing is locked; nor is a
+    ``base`` that cannot be opened (missing: the caller reports it).
     """
-    fd = os.open(base, os.O_RDONLY) if fcntl is not None else None
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(base, os.O_RDONLY)
+        except OSError:
+            pass
     try:
         if fd is not None:
             try:
