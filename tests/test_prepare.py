@@ -576,14 +576,21 @@ def _children(pid: int) -> List[int]:
     return found
 
 
+def _importing_numpy(pid: int) -> bool:
+    try:
+        return "numpy" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see the workers start")
 def test_ctrl_c_while_the_parsing_workers_start_is_one_line_and_exit_130(tmp_path: Path) -> None:
     pair = Pair(tmp_path / "csv", make_rows(per_split=30)).write()
     argv = [sys.executable, str(SCRIPT), "-d", str(tmp_path / "data"), "-fer", str(pair.fer),
             "-ferplus", str(pair.ferplus), "--workers", "2", "--quiet"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    while proc.poll() is None and not _children(proc.pid):  # the first worker is starting
-        time.sleep(0.001)
+    while proc.poll() is None and not any(_importing_numpy(pid) for pid in _children(proc.pid)):
+        time.sleep(0.001)  # until a worker is starting up: importing what it parses with
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole process group
     _, err = proc.communicate()
     assert "Traceback" not in err, err
