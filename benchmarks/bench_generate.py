@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ferplus.fer_format import FACE_BOX, IMAGE_SIZE, LABEL_FILE, USAGE_FOLDERS
-from ferplus.prepare import PNG_COMPRESSION, format_summary, generate_training_data
+from ferplus.prepare import PNG_COMPRESSION, auto_workers, format_summary, generate_training_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,8 @@ def main(args: argparse.Namespace) -> None:
                 out = tmp / f"{which.replace(' ', '_').replace(',', '')}{round_}"
                 start = time.perf_counter()
                 if which == GENERATOR:
-                    summary = generate_training_data(out, fer, ferplus, progress=False)
+                    # The pool, as the CLI uses it (library calls parse in-process by default).
+                    summary = generate_training_data(out, fer, ferplus, progress=False, workers=auto_workers(fer))
                     images[which] = sum(s["images"] for s in summary.values())
                 else:
                     images[which] = straightforward_loop(out, fer, ferplus, LOOPS[which])

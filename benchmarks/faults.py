@@ -5,7 +5,7 @@
     python benchmarks/faults.py --generator-kills 20 --train-kills 20 --fuzz 500 --seed 1
 
 Every program runs as a real process (``python <script>.py ...``), on small synthetic data in a
-temporary folder that is deleted afterwards. Four parts:
+temporary folder that is deleted afterwards. Six parts:
 
 ``generator kill``
     ``generate_training_data.py`` over an existing output is killed with SIGKILL just before each
@@ -26,6 +26,14 @@ temporary folder that is deleted afterwards. Four parts:
 ``label.csv fuzz``
     A prepared split's ``label.csv`` is damaged the same way (plus names of missing files,
     folders, FIFOs, devices and duplicates), and ``train.py -e 0`` reads it.
+``readers/regen``
+    While another process regenerates the data folder from two CSV pairs in turn, ``train.py
+    -e 0`` and a library reader (``read_data_folder``) read it: each read must print exactly what
+    it prints for one of the two generations read alone (all three splits of one generation).
+``hostile names``
+    A name that is not one plain file name of its split (``../``, absolute paths, ``./x.png``,
+    backslashes, NUL, ...) goes into a ``label.csv``; ``train.py -e 0`` or ``export_labels.py
+    --imagefolder`` must refuse it in one line and write nothing.
 
 Each case ends as one of: handled (one ``error:`` line with exit 2, or exit 0 with valid
 results), traceback (exit 1 or a signal, or a traceback printed), hang (killed after
@@ -55,10 +63,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ferplus.checkpoint import DIGEST_KEY
-from ferplus.data import read_folder
+from ferplus.data import read_data_folder, read_folder
 from ferplus.errors import FerplusError
 from ferplus.fer_format import LABEL_FILE, SPLIT_FOLDERS, USAGE_FOLDERS
-from ferplus.prepare import generate_training_data, recover
+from ferplus.pack import PACK_FILE
+from ferplus.prepare import RUN_LOCK, generate_training_data, recover
 from ferplus.synthetic import write_sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,10 +208,39 @@ def outcome(run: Run, prog: str) -> str:
 
 
 def snapshot(folder: Path) -> Dict[str, bytes]:
-    """Every file under ``folder`` (relative path → bytes); {} for a missing folder."""
+    """Every file under ``folder`` (relative path → bytes); {} for a missing folder.
+
+    A split's pack is left out: it records its PNGs' mtimes and inodes, so equal runs differ
+    there (:func:`_pack_problem` checks it is whole instead).
+    """
     if not folder.is_dir():
         return {}
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != PACK_FILE}
+
+
+def _pack_problem(base: Path) -> str:
+    """Why a split's pack does not hold exactly its PNGs and label.csv ("" when every one does)."""
+    for folder in USAGE_FOLDERS.values():
+        if not (base / folder / PACK_FILE).is_file():
+            return f"{folder} has no {PACK_FILE}"
+        try:
+            with np.load(base / folder / PACK_FILE) as pack:
+                names, images, votes = pack["names"].tolist(), pack["images"], pack["votes"]
+        except Exception as e:
+            return f"{folder}/{PACK_FILE} does not load: {type(e).__name__}: {e}"
+        copy = base / f"{folder}-nopack"
+        shutil.copytree(base / folder, copy, ignore=shutil.ignore_patterns(PACK_FILE))
+        decoded = read_folder(copy)
+        shutil.rmtree(copy)
+        if decoded.names != names or not np.array_equal(decoded.images, images) or \
+                not np.array_equal(decoded.votes, votes):
+            return f"{folder}/{PACK_FILE} differs from the PNGs and label.csv"
+    return ""
+
+
+#: What a generator run leaves in the base folder besides the split folders.
+GENERATOR_FILES = (RUN_LOCK,)
 
 
 def split_snapshots(base: Path) -> Dict[str, Dict[str, bytes]]:
@@ -295,13 +333,15 @@ def _check_generator_output(base: Path, references: Dict[str, Dict], new: Tuple[
         return "data lost", f"after recovery the splits are {state}"
     if len(set(state.values())) > 1:
         return "other", f"after recovery the splits come from different runs: {state}"
-    extra = sorted(p.name for p in base.iterdir() if p.name not in USAGE_FOLDERS.values())
+    extra = sorted(p.name for p in base.iterdir() if p.name not in (*USAGE_FOLDERS.values(), *GENERATOR_FILES))
     if extra:
         return "other", f"left in the base folder after recovery: {extra}"
     generate_training_data(base, *new, progress=False)
-    if split_snapshots(base) != references["new"] or len(list(base.iterdir())) != len(USAGE_FOLDERS):
+    if split_snapshots(base) != references["new"] or \
+            len(list(base.iterdir())) != len(USAGE_FOLDERS) + len(GENERATOR_FILES):
         return "data lost", "a full rerun did not give the clean run's output"
-    return "handled", ""
+    problem = _pack_problem(base)
+    return ("data lost", problem) if problem else ("handled", "")
 
 
 def _copy(source: Path, target: Path) -> Path:
@@ -567,7 +607,7 @@ def fer_csv_fuzz(work: Path, cases: int, rng: np.random.Generator, timeout: floa
 
 def _unreadable_output(base: Path) -> str:
     """Why the trainer could not use a generator's output ("" when it can)."""
-    extra = sorted(p.name for p in base.iterdir() if p.name not in USAGE_FOLDERS.values())
+    extra = sorted(p.name for p in base.iterdir() if p.name not in (*USAGE_FOLDERS.values(), *GENERATOR_FILES))
     if extra:
         return f"left in the base folder: {extra}"
     for folder in SPLIT_FOLDERS.values():
@@ -580,15 +620,24 @@ def _unreadable_output(base: Path) -> str:
     return ""
 
 
+#: train.py reading a data folder and nothing more.
+READ_ONLY_TRAIN = ("-e", "0", "--model", "vgg13_tiny", "--device", "cpu")
+
+
+def _prepared(work: Path, seed: int) -> Tuple[Path, Path]:
+    """A small prepared data folder ``work/data`` and an empty ``work/scratch`` for run_child."""
+    data = work / "data"
+    generate_training_data(data, *write_sample(work / "csv", per_split=PER_SPLIT // 4, seed=seed), progress=False)
+    (work / "scratch").mkdir()
+    return data, work / "scratch"
+
+
 def label_csv_fuzz(work: Path, cases: int, rng: np.random.Generator, timeout: float) -> Tally:
     """Run ``train.py -e 0`` on a prepared data folder with one damaged label.csv."""
     tally = Tally("label.csv fuzz")
     if cases == 0:
         return tally
-    data = work / "data"
-    generate_training_data(data, *write_sample(work / "csv", per_split=PER_SPLIT // 4, seed=5), progress=False)
-    scratch = work / "scratch"
-    scratch.mkdir()
+    data, scratch = _prepared(work, seed=5)
     mutations = {**{name: (lambda f: lambda d, r, folder: f(d, r))(f) for name, f in CSV_MUTATIONS.items()},
                  **LABEL_MUTATIONS}
     names = list(mutations)
@@ -598,13 +647,138 @@ def label_csv_fuzz(work: Path, cases: int, rng: np.random.Generator, timeout: fl
         folder = case_data / list(SPLIT_FOLDERS.values())[i % len(SPLIT_FOLDERS)]
         label = folder / LABEL_FILE
         label.write_bytes(mutations[mutation](label.read_bytes(), rng, folder))
-        run = run_child(TRAINER, ["-d", case_data, "-e", "0", "--model", "vgg13_tiny", "--device", "cpu"], timeout,
-                        scratch=scratch)
+        run = run_child(TRAINER, ["-d", case_data, *READ_ONLY_TRAIN], timeout, scratch=scratch)
         result = outcome(run, TRAINER.name)
         if result == "handled":
             tally.events["exit 0: still a valid label.csv" if run.code == 0 else "exit 2 with one line"] += 1
         tally.add(result, f"{folder.name}/{LABEL_FILE}: {mutation}", run.leftovers, run.stderr.strip()[-300:])
         shutil.rmtree(case_data)
+    return tally
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers while the data folder is regenerated
+
+#: Regenerates the data folder from two CSV pairs in turn until it is killed.
+REGENERATION_LOOP = r"""
+import sys
+from ferplus.prepare import generate_training_data
+base, pairs = sys.argv[1], [sys.argv[2:4], sys.argv[4:6]]
+i = 0
+while True:
+    generate_training_data(base, *pairs[i % 2], progress=False)
+    i += 1
+"""
+
+#: A library reader (what train.py, export_labels and the Dataset call): one digest per split.
+READER = r"""
+import argparse, hashlib
+from ferplus.data import read_data_folder
+from ferplus.errors import run_cli
+
+def main(args):
+    for name, d in read_data_folder(args.base).items():
+        digest = hashlib.sha256(d.images.tobytes() + d.votes.tobytes() + "\n".join(d.names).encode()).hexdigest()
+        print(name, digest)
+
+def run(argv):
+    parser = argparse.ArgumentParser(prog="reader.py")
+    parser.add_argument("base")
+    return run_cli(main, parser, argv)
+"""
+
+
+def readers_during_regeneration(work: Path, cases: int, rng: np.random.Generator, timeout: float) -> Tally:
+    """Read a data folder (``train.py -e 0`` and the library reader in turn) while another process
+    regenerates it from two CSV pairs in turn: every read must see all three splits of one generation."""
+    tally = Tally("readers/regen")
+    if cases == 0:
+        return tally
+    pairs = [write_sample(work / name, per_split=PER_SPLIT, seed=seed) for name, seed in (("a", 6), ("b", 7))]
+    reader = work / "reader.py"
+    reader.write_text(READER)
+    scratch = work / "scratch"
+    scratch.mkdir()
+    trainer_argv = list(READ_ONLY_TRAIN)
+    expected: Dict[str, List[str]] = {"train.py": [], "reader.py": []}
+    for i, pair in enumerate(pairs):  # what each tool prints for each generation, read alone
+        generate_training_data(work / f"ref{i}", *pair, progress=False)
+        expected["train.py"].append(run_child(TRAINER, ["-d", work / f"ref{i}", *trainer_argv], timeout,
+                                              scratch=scratch).stdout)
+        expected["reader.py"].append(run_child(reader, [work / f"ref{i}"], timeout, scratch=scratch).stdout)
+    base = work / "data"
+    generate_training_data(base, *pairs[0], progress=False)
+    loop = subprocess.Popen([sys.executable, "-c", REGENERATION_LOOP, str(base), *map(str, pairs[0] + pairs[1])],
+                            env={**os.environ, "PYTHONPATH": SRC}, stderr=subprocess.PIPE)
+    try:
+        for i in range(cases):
+            tool = "train.py" if i % 2 == 0 else "reader.py"
+            run = run_child(TRAINER, ["-d", base, *trainer_argv], timeout, scratch=scratch) if tool == "train.py" \
+                else run_child(reader, [base], timeout, scratch=scratch)
+            result, detail = outcome(run, tool), run.stderr.strip()[-300:]
+            if result == "handled" and run.code == 0:
+                if run.stdout in expected[tool]:
+                    tally.events[f"{tool}: generation {expected[tool].index(run.stdout) + 1} of 2, whole"] += 1
+                else:
+                    result, detail = "other", "splits of different generations (or of neither)"
+            elif result == "handled":
+                tally.events[f"{tool}: refused in one line"] += 1
+            tally.add(result, f"{tool} read {i}", run.leftovers, detail)
+    finally:
+        loop.kill()
+        _, loop_err = loop.communicate()
+    if loop.returncode != -signal.SIGKILL:
+        tally.add("traceback", "the regeneration loop ended by itself", 0, loop_err.decode(errors="replace")[-300:])
+    return tally
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile names in label.csv
+
+#: Names that are not one plain file name inside the split; ``ESCAPED.png`` exists beside the data folder.
+HOSTILE_NAMES = (
+    "../../ESCAPED.png", "../ESCAPED.png", "{outside}", "./fer0000000.png", "FER2013Train/../x.png", "sub/x.png",
+    "..", ".", "a\\b.png", "..\\ESCAPED.png", "x.png/", "/", "/dev/zero", "/etc/passwd", "fer\t.png",
+    "fer\x00.png", " ../ESCAPED.png ", "%2e%2e/ESCAPED.png/..",
+)
+
+
+def hostile_names(work: Path, cases: int, rng: np.random.Generator, timeout: float) -> Tally:
+    """Put a name from :data:`HOSTILE_NAMES` into a split's label.csv, then run ``train.py -e 0`` or
+    ``export_labels.py --imagefolder`` on it: each must refuse in one line and write nothing outside."""
+    tally = Tally("hostile names")
+    if cases == 0:
+        return tally
+    data, scratch = _prepared(work, seed=8)
+    outside = work / "ESCAPED.png"
+    shutil.copyfile(next((data / SPLIT_FOLDERS["train"]).glob("*.png")), outside)
+    exporter = ROOT / "export_labels.py"
+    for i in range(cases):
+        name = HOSTILE_NAMES[i % len(HOSTILE_NAMES)].format(outside=outside)
+        case_dir = work / f"case{i}"
+        case_data = _copy(data, case_dir / "data")
+        folder = case_data / list(SPLIT_FOLDERS.values())[int(rng.integers(0, len(SPLIT_FOLDERS)))]
+        lines = (folder / LABEL_FILE).read_bytes().splitlines()
+        row = int(rng.integers(0, len(lines)))
+        lines[row] = b'"' + name.encode() + b'"' + lines[row][lines[row].index(b","):]
+        (folder / LABEL_FILE).write_bytes(b"\n".join(lines) + b"\n")
+        before = sorted(p.relative_to(work) for p in work.rglob("*") if "scratch" not in p.parts)
+        if i % 2 == 0:
+            tool = TRAINER.name
+            run = run_child(TRAINER, ["-d", case_data, *READ_ONLY_TRAIN], timeout, scratch=scratch)
+        else:
+            tool = exporter.name
+            run = run_child(exporter, ["-d", case_data, "--imagefolder", case_dir / "tree"], timeout, scratch=scratch)
+        result, detail = outcome(run, tool), run.stderr.strip()[-300:]
+        after = sorted(p.relative_to(work) for p in work.rglob("*") if "scratch" not in p.parts)
+        if result == "handled" and run.code == 0:
+            result, detail = "other", "accepted the name"
+        elif result == "handled" and after != before:
+            result, detail = "data lost", f"wrote {sorted(set(after) - set(before))[:3]}"
+        if result == "handled":
+            tally.events[f"{tool}: refused in one line"] += 1
+        tally.add(result, f"{tool}: {name!r} in {folder.name}/{LABEL_FILE} line {row + 1}", run.leftovers, detail)
+        shutil.rmtree(case_dir)
     return tally
 
 
@@ -629,6 +803,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-kills", type=int, default=2, help="kills of train.py, each followed by --resume")
     parser.add_argument("--fuzz", type=int, default=40, help="damaged fer2013.csv / fer2013new.csv inputs")
     parser.add_argument("--label-fuzz", type=int, default=6, help="damaged label.csv inputs for train.py -e 0")
+    parser.add_argument("--readers", type=int, default=4,
+                        help="reads of a data folder that another process regenerates meanwhile")
+    parser.add_argument("--hostile-names", type=int, default=4, help="label.csv files with a name that is not plain")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds after which a run counts as hung")
     parser.add_argument("--json", type=Path, help="also write the table and the notes as JSON here")
@@ -636,11 +813,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> List[Tally]:
-    """Run the four parts and print the table, then a note per case that was not handled."""
+    """Run the six parts and print the table, then a note per case that was not handled."""
     rng = np.random.default_rng(args.seed)
     parts = (
         (generator_kills, args.generator_kills), (train_kills, args.train_kills),
         (fer_csv_fuzz, args.fuzz), (label_csv_fuzz, args.label_fuzz),
+        (readers_during_regeneration, args.readers), (hostile_names, args.hostile_names),
     )
     tallies = []
     with tempfile.TemporaryDirectory(prefix="ferplus-faults-") as tmp:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -9,8 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from ferplus.data import SPLIT_FOLDERS, EvalSet, FerFolder, TrainStream, read_folder, summary_table
+from ferplus.data import SPLIT_FOLDERS, EvalSet, FerFolder, TrainStream, read_data_folder, read_folder, summary_table
+from ferplus import prepare
 from ferplus.errors import FerplusError
+from ferplus.pack import PACK_FILE
+from ferplus.synthetic import FER_CSV, FERPLUS_CSV, write_sample
 from ferplus.labels import EMOTIONS, NUM_EMOTIONS, process_votes
 from ferplus.transforms import preprocess
 
@@ -100,7 +107,7 @@ VOTE_TAIL = ",".join(map(str, VOTES[0]))
         ('fer0000002.png,"(0, 0, 48, 48)",4,0,0,1.5,3,2,0,0,0,0', "non-negative integers, got '1.5'"),
         ('fer0000002.png,"(0, 0, 48, 48)",4,0,0,x,3,2,0,0,0,0', "non-negative integers"),
         (f'missing.png,"(0, 0, 48, 48)",{VOTE_TAIL}', "missing.png: no such file"),
-        (f',"(0, 0, 48, 48)",{VOTE_TAIL}', "empty image name"),
+        (f',"(0, 0, 48, 48)",{VOTE_TAIL}', "image name '' is empty"),
     ],
 )
 def test_bad_label_lines_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
@@ -379,3 +386,199 @@ def test_summary_table_layout() -> None:
     assert len({len(line) for line in table}) == 1
     wide = summary_table({"Training images": np.arange(8)}).splitlines()
     assert wide[0] == "emotion      Training images" and wide[-1].endswith("28")
+
+
+# ---------------------------------------------------------------- the pack
+def generated(tmp_path: Path, synthetic_data: Path) -> Path:
+    """A data folder of the synthetic sample's CSVs (PNGs, label.csv and packs) to edit.
+
+    Generated, not copied: a copy has new inodes, so its packs no longer match.
+    """
+    csv = synthetic_data.parent / "csv"
+    base = tmp_path / "data"
+    prepare.generate_training_data(base, csv / FER_CSV, csv / FERPLUS_CSV, progress=False)
+    return base
+
+
+def decoded(folder: Path) -> FerFolder:
+    """What read_folder gives without the pack: the PNGs decoded."""
+    copy = folder.parent / f"{folder.name}-nopack"
+    shutil.copytree(folder, copy)
+    (copy / PACK_FILE).unlink()
+    data = read_folder(copy)
+    shutil.rmtree(copy)
+    return data
+
+
+def same(a: FerFolder, b: FerFolder) -> bool:
+    return (a.names == b.names and np.array_equal(a.images, b.images) and np.array_equal(a.boxes, b.boxes)
+            and np.array_equal(a.votes, b.votes))
+
+
+def test_the_pack_is_served_when_it_matches(tmp_path: Path, synthetic_data: Path, monkeypatch, capsys) -> None:
+    folder = generated(tmp_path, synthetic_data) / "FER2013Valid"
+    expected = decoded(folder)
+    capsys.readouterr()
+    monkeypatch.setattr("ferplus.data._read_gray", lambda path: pytest.fail(f"decoded {path}"))
+    assert same(read_folder(folder), expected)
+    assert capsys.readouterr().err == ""
+
+
+def _edit_png(folder: Path, name: str) -> None:
+    image = cv2.imread(str(folder / name), cv2.IMREAD_GRAYSCALE)
+    with open(folder / name, "r+b") as f:  # in place: same file, same size, other pixels
+        f.write(prepare.encode_png(255 - image).tobytes())
+
+
+def _add_png(folder: Path, name: str) -> None:
+    first = (folder / "label.csv").read_text().splitlines()[0]
+    shutil.copyfile(folder / first.split(",")[0], folder / "extra.png")
+    with open(folder / "label.csv", "a") as f:
+        f.write(first.replace(first.split(",")[0], "extra.png") + "\n")
+
+
+def _replace_png(folder: Path, name: str) -> None:
+    other = sorted(folder.glob("*.png"))[-1]
+    shutil.copyfile(other, folder / "tmp.png")
+    os.replace(folder / "tmp.png", folder / name)  # an editor's save: a new file in its place
+
+
+def _edit_label(folder: Path, name: str) -> None:
+    lines = (folder / "label.csv").read_text().splitlines()
+    votes = lines[0].rsplit('"', 1)[1]
+    lines[0] = lines[0].replace(votes, ",0,0,0,0,0,0,0,0,0,10")
+    (folder / "label.csv").write_text("\n".join(lines) + "\n")
+
+
+def _remove_png(folder: Path, name: str) -> None:
+    (folder / name).unlink()
+
+
+@pytest.mark.parametrize("change", [_edit_png, _replace_png, _add_png, _edit_label])
+def test_a_changed_folder_is_decoded_afresh_with_a_note(
+    tmp_path: Path, synthetic_data: Path, capsys, change
+) -> None:
+    folder = generated(tmp_path, synthetic_data) / "FER2013Valid"
+    name = (folder / "label.csv").read_text().split(",", 1)[0]
+    change(folder, name)
+    expected = decoded(folder)
+    capsys.readouterr()
+    assert same(read_folder(folder), expected)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"note: {folder}: ") and err[0].endswith(": decoded the PNGs instead")
+
+
+def test_a_removed_png_is_an_error_not_the_packed_image(tmp_path: Path, synthetic_data: Path, capsys) -> None:
+    folder = generated(tmp_path, synthetic_data) / "FER2013Valid"
+    name = (folder / "label.csv").read_text().split(",", 1)[0]
+    _remove_png(folder, name)
+    with pytest.raises(FerplusError, match=f"label.csv: line 1: image {folder / name}: no such file"):
+        read_folder(folder)
+
+
+def test_a_copied_folder_is_decoded_afresh(tmp_path: Path, synthetic_data: Path, capsys) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_data / "FER2013Valid", copy)  # new inodes, as after any copy
+    capsys.readouterr()
+    assert same(read_folder(copy), decoded(copy))
+    assert capsys.readouterr().err.startswith(f"note: {copy}: ")
+
+
+def test_an_added_png_that_label_csv_does_not_list_changes_nothing(tmp_path: Path, synthetic_data: Path) -> None:
+    folder = generated(tmp_path, synthetic_data) / "FER2013Valid"
+    shutil.copyfile(next(folder.glob("*.png")), folder / "unlisted.png")
+    assert same(read_folder(folder), decoded(folder))
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 not a zip", b"\x93NUMPY"])
+def test_a_damaged_pack_is_decoded_afresh(tmp_path: Path, synthetic_data: Path, capsys, damage: bytes) -> None:
+    folder = generated(tmp_path, synthetic_data) / "FER2013Test"
+    expected = decoded(folder)
+    (folder / PACK_FILE).write_bytes(damage)
+    capsys.readouterr()
+    assert same(read_folder(folder), expected)
+    assert capsys.readouterr().err.startswith(f"note: {folder}: {PACK_FILE} cannot be read")
+
+
+def test_a_folder_without_a_pack_is_read_quietly(tmp_path: Path, capsys) -> None:
+    images = write_folder(tmp_path / "FER2013Train")  # as an older generator wrote it
+    assert np.array_equal(read_folder(tmp_path / "FER2013Train").images, np.stack(images))
+    assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- names
+HOSTILE_NAMES = [
+    "../fer0000000.png", "../../../../ESCAPED.png", "/etc/passwd", "./fer0000000.png", "sub/x.png",
+    "FER2013Train/../fer0000000.png", "..", ".", "a\\b.png", "..\\x.png", "x.png/", "/", "x\x00.png",
+    "tab\there.png",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_name_is_one_plain_file_name_inside_its_split(tmp_path: Path, name: str) -> None:
+    write_folder(tmp_path / "data" / "FER2013Train")
+    train = tmp_path / "data" / "FER2013Train"
+    shutil.copyfile(train / "fer0000000.png", tmp_path / "data" / "fer0000000.png")  # a file to escape to
+    corrupt_line(tmp_path / "data" / "FER2013Train", 2, f'"{name}","(0, 0, 48, 48)",{VOTE_TAIL}')
+    with pytest.raises(FerplusError, match=r"label.csv: line 2: image name .*(path|folder|control)") as error:
+        read_folder(tmp_path / "data" / "FER2013Train")
+    assert "\n" not in str(error.value)
+
+
+def test_label_csv_for_reproduce_is_read_by_the_shared_reader(tmp_path: Path, make_fifo) -> None:
+    from ferplus.reproduce import _train_images
+
+    train = tmp_path / "FER2013Train"
+    write_folder(train)
+    assert _train_images(str(tmp_path)) == len(VOTES)
+    (train / "label.csv").write_bytes(b"\xff\xfe not utf-8\n")
+    with pytest.raises(FerplusError, match="label.csv: not a label.csv text file"):
+        _train_images(str(tmp_path))
+    (train / "label.csv").unlink()
+    make_fifo(train / "label.csv")
+    with pytest.raises(FerplusError, match="label.csv: cannot read: not a regular file"):
+        _train_images(str(tmp_path))
+
+
+# ---------------------------------------------------------------- one generation
+# Regenerates the data folder from two CSV pairs in turn, ``rounds`` times, printing each round.
+REGENERATION_LOOP = r"""
+import sys
+from ferplus.prepare import generate_training_data
+base, rounds, pairs = sys.argv[1], int(sys.argv[2]), [sys.argv[3:5], sys.argv[5:7]]
+for i in range(rounds):
+    generate_training_data(base, *pairs[i % 2], progress=False)
+    print(i, flush=True)
+"""
+
+
+def test_readers_see_one_whole_generation_while_it_is_regenerated(tmp_path: Path) -> None:
+    pairs = [write_sample(tmp_path / name, per_split=24, seed=seed) for name, seed in (("a", 1), ("b", 2))]
+    generations = []
+    for i, pair in enumerate(pairs):
+        prepare.generate_training_data(tmp_path / f"ref{i}", *pair, progress=False)
+        read = read_data_folder(tmp_path / f"ref{i}")
+        generations.append({k: v.votes.tobytes() + v.images.tobytes() for k, v in read.items()})
+    base = tmp_path / "data"
+    prepare.generate_training_data(base, *pairs[0], progress=False)
+    loop = subprocess.Popen([sys.executable, "-c", REGENERATION_LOOP, str(base), "12", *map(str, pairs[0] + pairs[1])],
+                            stdout=subprocess.PIPE, text=True)
+    seen = set()
+    while loop.poll() is None:  # read as long as the loop regenerates
+        read = {k: v.votes.tobytes() + v.images.tobytes() for k, v in read_data_folder(base).items()}
+        assert read in generations, "splits of different generations"
+        seen.add(generations.index(read))
+    assert loop.returncode == 0 and loop.stdout.read().split() == [str(i) for i in range(12)]
+    assert seen  # at least one read overlapped the loop
+
+
+def test_a_half_done_swap_is_refused_in_one_line(synthetic_data: Path, tmp_path: Path) -> None:
+    base = tmp_path / "data"
+    shutil.copytree(synthetic_data, base)
+    staging = base / f"{prepare.STAGING_PREFIX}1-abcdefgh"
+    (staging / "FER2013Test").mkdir(parents=True)  # a killed run moved the other two splits in already
+    (staging / prepare.STAGING_MARKER).touch()
+    (staging / prepare.COMPLETE_MARKER).touch()
+    with pytest.raises(FerplusError, match="a generator run was stopped while it swapped in new split folders") as e:
+        read_data_folder(base)
+    assert "\n" not in str(e.value)

@@ -17,6 +17,7 @@ from ferplus.data import EvalSet, TrainStream, read_folder
 from ferplus.datasets import SPLITS, FERPlus
 from ferplus.errors import FerplusError
 from ferplus.labels import EMOTIONS, MODES, process_votes
+from ferplus import prepare
 from ferplus.prepare import generate_training_data
 from ferplus.synthetic import write_sample
 
@@ -253,3 +254,18 @@ def test_bad_arguments(sample: Path, tmp_path: Path) -> None:
         FERPlus(sample / "data", mode="soft")
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'FER2013Test'}: no such folder"):
         FERPlus(tmp_path, split="test")
+
+
+def test_from_csv_works_in_a_plain_script_without_a_main_guard(tmp_path: Path) -> None:
+    # Large enough that the generator's CLI would parse it with a process pool.
+    fer, ferplus = write_sample(tmp_path / "csv", per_split=800)
+    assert fer.stat().st_size >= prepare.POOL_MIN_BYTES
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "from ferplus.datasets import FERPlus\n"
+        f"dataset = FERPlus.from_csv({str(fer)!r}, {str(ferplus)!r}, split='test')\n"
+        "print(len(dataset))\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert int(done.stdout) == len(FERPlus.from_csv(fer, ferplus, split="test"))

@@ -17,7 +17,7 @@ from ferplus import label_export
 from ferplus.data import read_folder
 from ferplus.datasets import SPLITS
 from ferplus.errors import FerplusError
-from ferplus.label_export import CSV_COLUMNS, csv_name, export_labels, label_csv_text
+from ferplus.label_export import CSV_COLUMNS, TREE_MARKER, csv_name, export_labels, label_csv_text
 from ferplus.labels import EMOTIONS, MODES, VOTE_CATEGORIES, process_votes
 from scripts import run_script
 
@@ -108,7 +108,7 @@ def folder_counts(root: Path) -> Counter:
 def test_imagefolder_tree_of_hard_links(synthetic_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "tree"
     summary = export_labels(synthetic_data, imagefolder=out)
-    assert sorted(p.name for p in out.iterdir()) == sorted(SPLITS)
+    assert sorted(p.name for p in out.iterdir()) == sorted((*SPLITS, TREE_MARKER))
     total = 0
     for split, folder in SPLITS.items():
         counts = majority_counts(synthetic_data, split)
@@ -158,7 +158,7 @@ def test_both_exports_from_the_script(synthetic_data: Path, tmp_path: Path, caps
     assert run_script("export_labels", "-d", synthetic_data, "--csv", out, "--imagefolder", out / "tree",
                       "--splits", "train", "test") == 0
     assert sorted(p.name for p in out.iterdir()) == ["ferplus_test.csv", "ferplus_train.csv", "tree"]
-    assert sorted(p.name for p in (out / "tree").iterdir()) == ["test", "train"]
+    assert sorted(p.name for p in (out / "tree").iterdir()) == [TREE_MARKER, "test", "train"]
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"wrote {out / 'tree'}, {out / 'ferplus_train.csv'}, {out / 'ferplus_test.csv'}"
     assert lines[1].split() == ["split", "images", *MODES]
@@ -185,24 +185,63 @@ def test_existing_outputs_are_kept_unless_overwritten(synthetic_data: Path, tmp_
     ]
     assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["labels", "tree"]
 
+    # --overwrite replaces CSVs, and only a tree this tool wrote.
+    assert run_script("export_labels", "-d", synthetic_data, "--imagefolder", tree, "--overwrite") == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"export_labels.py: error: {tree}: holds files this tool did not write (no {TREE_MARKER} tree); "
+        "--overwrite replaces only an ImageFolder tree it made"
+    ]
+    assert snapshot(tmp_path) == before
+    shutil.rmtree(tree)
+    export_labels(synthetic_data, imagefolder=tree, splits=["val"])
     assert run_script("export_labels", "-d", synthetic_data, "--imagefolder", tree, "--csv", labels, "--overwrite") == 0
-    assert sorted(p.name for p in tree.iterdir()) == sorted(SPLITS)
+    assert sorted(p.name for p in tree.iterdir()) == sorted((*SPLITS, TREE_MARKER))
     assert read_back(labels / "ferplus_val.csv")[0]["split"] == "val"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels", "tree"]  # no staging folder left
     # An existing empty folder is simply filled.
     (tmp_path / "empty").mkdir()
     export_labels(synthetic_data, imagefolder=tmp_path / "empty", splits=["test"])
-    assert [p.name for p in (tmp_path / "empty").iterdir()] == ["test"]
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == [TREE_MARKER, "test"]
 
 
-def test_never_replaces_the_data_folder(synthetic_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("added", ["notes.txt", "train/notes.txt", "train/anger/extra/x.png", "mine/x.png"])
+def test_overwrite_refuses_a_tree_that_holds_more_than_this_tool_wrote(
+    synthetic_data: Path, tmp_path: Path, added: str
+) -> None:
+    tree = tmp_path / "tree"
+    export_labels(synthetic_data, imagefolder=tree)
+    (tree / added).parent.mkdir(parents=True, exist_ok=True)
+    (tree / added).write_text("mine")
+    before = snapshot(tmp_path)
+    with pytest.raises(FerplusError, match="holds files this tool did not write"):
+        export_labels(synthetic_data, imagefolder=tree, overwrite=True)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("target", ["data", ".", "data/FER2013Valid", "data/FER2013Valid/tree", "data/FER2013Valid/.."])
+@pytest.mark.parametrize("output", ["imagefolder", "csv_dir"])
+def test_never_writes_into_or_over_the_data_being_read(
+    synthetic_data: Path, tmp_path: Path, target: str, output: str
+) -> None:
     data = tmp_path / "data"
     shutil.copytree(synthetic_data / "FER2013Valid", data / "FER2013Valid")
     before = snapshot(tmp_path)
-    for out in (data, tmp_path):
-        with pytest.raises(FerplusError, match="would replace the data folder"):
-            export_labels(data, imagefolder=out, splits=["val"], overwrite=True)
+    with pytest.raises(FerplusError, match="holds or is inside the split folder .*FER2013Valid being read"):
+        export_labels(data, splits=["val"], overwrite=True, **{output: tmp_path / target})
     assert snapshot(tmp_path) == before
+
+
+def test_the_script_refuses_to_export_into_a_split_folder(synthetic_data: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    before = snapshot(data)
+    split = data / "FER2013Train"
+    assert run_script("export_labels", "-d", data, "--imagefolder", split, "--overwrite") == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"export_labels.py: error: {split}: holds or is inside the split folder {split} being read; "
+        "choose another output"
+    ]
+    assert snapshot(data) == before
 
 
 def test_failure_while_linking_leaves_nothing_behind(synthetic_data: Path, tmp_path: Path, monkeypatch) -> None:

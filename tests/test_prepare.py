@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from ferplus import prepare
-from ferplus.prepare import encode_png, generate_training_data
+from ferplus.pack import PACK_FILE
+from ferplus.prepare import RUN_LOCK, encode_png, generate_training_data
 from scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,21 +59,31 @@ def make_rows(seed: int = 0, per_split: int = 3) -> List[dict]:
     """Rows of all three splits with random pixels (0 and 255 included) and varied votes."""
     rng = np.random.default_rng(seed)
     rows = []
+    # FER+'s names for seed 0; other seeds name their images apart (FER+'s numbering is checked).
+    prefix = "fer" if seed == 0 else f"seed{seed}-"
     for usage in ("Training", "PublicTest", "PrivateTest"):
         for _ in range(per_split):
             pixels = rng.integers(0, 256, size=(48, 48), dtype=np.uint8)
             pixels[0, :2] = (0, 255)
             votes = rng.multinomial(10, [0.1] * 10)
             rows.append({"emotion": 3, "pixels": pixels, "usage": usage, "votes": votes,
-                         "name": f"fer{1000 * seed + len(rows):07d}.png"})
+                         "name": f"{prefix}{len(rows):07d}.png"})
     return rows
 
 
+#: Files whose bytes differ between equal runs: the pack records its PNGs' mtimes and inodes
+#: (its contents are checked by test_data.py), the lock file is empty.
+UNCOMPARED = (PACK_FILE, RUN_LOCK)
+
+
 def snapshot(folder: Path) -> Dict[str, bytes]:
-    """Every file under ``folder`` (relative path → bytes); {} when the folder does not exist."""
+    """Every file under ``folder`` (relative path → bytes) but :data:`UNCOMPARED`; {} for a missing folder."""
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in UNCOMPARED
+    }
 
 
 def expected_label_csv(rows: List[dict]) -> bytes:
@@ -198,7 +209,7 @@ def test_rerun_replaces_the_split_folders_and_nothing_else(tmp_path: Path) -> No
     assert after.pop("fer2013new.csv") == b"shipped labels\n"
     assert after.pop("notes/keep.txt") == b"mine\n"
     assert after == snapshot(fresh)  # no file of the first run survives
-    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + ("fer2013new.csv", "notes"))
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + ("fer2013new.csv", "notes", RUN_LOCK))
 
 
 def test_failure_while_writing_leaves_previous_output_intact(tmp_path: Path, monkeypatch) -> None:
@@ -220,17 +231,39 @@ def test_failure_while_writing_leaves_previous_output_intact(tmp_path: Path, mon
     with pytest.raises(OSError):
         generate_training_data(base, other.fer, other.ferplus, progress=False)
     assert snapshot(base) == before
-    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS)  # no staging folder left
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (RUN_LOCK,))  # no staging folder left
 
 
 def test_leftovers_of_a_killed_run_are_removed(tmp_path: Path) -> None:
     base = tmp_path / "data"
     dead = base / f"{prepare.STAGING_PREFIX}999999999-abc"
     (dead / "FER2013Train").mkdir(parents=True)
+    (dead / prepare.STAGING_MARKER).touch()
     (dead / "FER2013Train" / "fer0000001.png").write_bytes(b"half")
+    # Killed between creating its staging folder and marking it: empty, with mkdtemp's name.
+    (base / f"{prepare.STAGING_PREFIX}12345-a1b2c_d3").mkdir()
     pair = Pair(tmp_path / "csv", make_rows()).write()
     generate_training_data(base, pair.fer, pair.ferplus, progress=False)
-    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS)
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (RUN_LOCK,))
+
+
+def test_a_users_folders_named_like_staging_folders_are_left_alone(tmp_path: Path) -> None:
+    base = tmp_path / "data"
+    mine = {
+        f"{prepare.STAGING_PREFIX}notes": {"keep.txt": b"mine\n"},
+        f"{prepare.STAGING_PREFIX}123-abcdefgh": {"FER2013Train/x.png": b"mine", "complete": b""},
+        f"{prepare.STAGING_PREFIX}empty": {},
+    }
+    for name, files in mine.items():
+        (base / name).mkdir(parents=True)
+        for path, data in files.items():
+            (base / name / path).parent.mkdir(parents=True, exist_ok=True)
+            (base / name / path).write_bytes(data)
+    pair = Pair(tmp_path / "csv", make_rows()).write()
+    generate_training_data(base, pair.fer, pair.ferplus, progress=False)
+    prepare.recover(base)
+    for name, files in mine.items():
+        assert snapshot(base / name) == files
 
 
 def test_a_second_run_on_the_same_folder_fails_with_one_line_and_touches_nothing(tmp_path: Path, capsys) -> None:
@@ -248,7 +281,7 @@ def test_a_second_run_on_the_same_folder_fails_with_one_line_and_touches_nothing
         "try again when it ends\n"
     )
     assert snapshot(base) == before
-    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS)
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (RUN_LOCK,))
 
 
 def split_snapshots(base: Path) -> Dict[str, Dict[str, bytes]]:
@@ -300,7 +333,7 @@ def test_a_kill_at_any_rename_never_loses_a_split(kill_at: int, tmp_path: Path) 
     # What the next run does first: that run's splits were complete, so it finishes their swap.
     prepare.recover(base)
     assert split_snapshots(base) == olds
-    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS)
+    assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (RUN_LOCK,))
 
 
 # Holds a pool whose two workers are busy for a minute, and prints their process ids.
@@ -416,6 +449,15 @@ BAD_INPUTS: Dict[str, tuple] = {
                           "line 3: expected 12 fields, found 4"),
     "unsafe image name": (_ferplus_field(2, 1, "../evil.png"), "ferplus",
                           "line 2: image name '../evil.png' is not a plain .png file name"),
+    "both header-only": (_lines(lambda p: (p.fer_lines.__delitem__(slice(1, None)),
+                                           p.ferplus_lines.__delitem__(slice(1, None)))), "ferplus",
+                         "no rows after the header"),
+    "ferplus rows reordered": (_lines(lambda p: p.ferplus_lines.insert(3, p.ferplus_lines.pop(1))), "ferplus",
+                               "line 4: image name fer0000000.png comes after fer0000002.png"),
+    "fer pixels twice": (_lines(lambda p: p.fer_lines.__setitem__(0, "emotion,pixels,Usage,pixels")), "fer",
+                         "line 1: column 'pixels' appears more than once"),
+    "ferplus NF twice": (_lines(lambda p: p.ferplus_lines.__setitem__(0, FERPLUS_HEADER + ",NF")), "ferplus",
+                         "line 1: column 'NF' appears more than once"),
 }
 
 
@@ -520,3 +562,37 @@ def test_real_sample_pixels_and_votes(shared_ferplus: Path, tmp_path: Path) -> N
             name = line.split(",")[0]
             np.testing.assert_array_equal(read_png(tmp_path / "data" / folder / name), pixels[name])
     assert sum(s["rows"] for s in summary.values()) == 600
+
+
+def _children(pid: int) -> List[int]:
+    """Process ids whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _importing_numpy(pid: int) -> bool:
+    try:
+        return "numpy" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see the workers start")
+def test_ctrl_c_while_the_parsing_workers_start_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    pair = Pair(tmp_path / "csv", make_rows(per_split=30)).write()
+    argv = [sys.executable, str(SCRIPT), "-d", str(tmp_path / "data"), "-fer", str(pair.fer),
+            "-ferplus", str(pair.ferplus), "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while proc.poll() is None and not any(_importing_numpy(pid) for pid in _children(proc.pid)):
+        time.sleep(0.001)  # until a worker is starting up: importing what it parses with
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole process group
+    _, err = proc.communicate()
+    assert "Traceback" not in err, err
+    assert proc.returncode == 130 and err == "generate_training_data.py: interrupted\n", err
+    assert not (tmp_path / "data" / "FER2013Train").exists()

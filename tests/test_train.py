@@ -208,7 +208,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(runs, syntheti
 
 
 def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
+    # A copied data folder's packs no longer match (new inodes): its splits are decoded with a note each.
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("note: ")]
     assert len(err) == 1, err
     return err[0]
 

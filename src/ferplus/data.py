@@ -14,11 +14,12 @@ import io
 import math
 import os
 import re
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Union
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -36,14 +37,16 @@ from .fer_format import (
     NUM_EMOTIONS,
     NUM_VOTES,
     SPLIT_FOLDERS,
+    name_problem,
 )
 from .images import UnreadableImage, native_stderr_silenced, read_image_file
 from .labels import EVAL_MODE, MAX_VOTES, get_mode, majority_class, process_votes
+from .pack import Pack, load_pack
+from .prepare import generation_lock, unfinished_swap
 from .transforms import CROP_BLOCK, preprocess
 
 _BOX_PATTERN = re.compile(r"^\s*\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)\s*$")
 _VOTE_PATTERN = re.compile(r"^\s*\d+\s*$")
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 #: Images augmented and preprocessed per device call (one preprocessing block, so no copy);
 #: minibatches are sliced from such a chunk.
@@ -73,10 +76,9 @@ def _parse_line(row: list[str], where: str) -> tuple[str, tuple[int, ...], list[
     if len(row) != LABEL_NUM_COLUMNS:
         raise FerplusError(f"{where}: expected {LABEL_NUM_COLUMNS} columns (name, box, {NUM_VOTES} votes), got {len(row)}")
     name = row[LABEL_NAME_COLUMN].strip()
-    if not name:
-        raise FerplusError(f"{where}: empty image name")
-    if _CONTROL_CHARACTER.search(name):  # a NUL byte cannot be part of a file name, the rest should not
-        raise FerplusError(f"{where}: image name {name!r} holds control characters")
+    problem = name_problem(name)
+    if problem:
+        raise FerplusError(f"{where}: image name {name!r} {problem}")
     box_match = _BOX_PATTERN.match(row[LABEL_BOX_COLUMN])
     if box_match is None:
         raise FerplusError(f"{where}: face box {row[LABEL_BOX_COLUMN]!r} is not '(left, top, right, bottom)'")
@@ -108,30 +110,90 @@ def _missing_folder_hint(folder: Path) -> str:
     return "prepare the data with generate_training_data.py first"
 
 
-def read_folder(folder: Union[str, Path]) -> FerFolder:
-    """Read a prepared split folder (``label.csv`` + PNGs) into memory.
+def read_label_file(label_path: Path) -> tuple[bytes, list[tuple[int, list[str]]]]:
+    """The bytes of a split's ``label.csv`` and its non-blank rows, each with its 1-based line number.
 
     Raises:
-        FerplusError: for a missing folder; and naming ``label.csv`` and the line, for a line
-            with the wrong number of columns, a box that does not parse or does not fit its
-            image, bad vote counts, an image listed twice, a missing or unreadable image (or
-            one that is not a regular file, or too large to decode), or an image whose size
-            differs from the folder's usual one.
+        FerplusError: the file is missing, not a regular file (a FIFO would block), or not UTF-8 CSV text.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FerplusError(f"{folder}: no such folder ({_missing_folder_hint(folder)})")
-    label_path = folder / LABEL_FILE
     try:
+        data = read_regular_file(label_path)
         # utf-8-sig: a byte-order mark, as some editors write, is not part of the first name.
-        text = read_regular_file(label_path).decode("utf-8-sig")
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
     except OSError as e:
         raise FerplusError(f"{label_path}: cannot read: {e.strerror or e}") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise FerplusError(f"{label_path}: not a label.csv text file ({e})") from None
-    # Blank lines carry no image; keep the others with their 1-based line numbers for messages.
-    numbered = [(number, row) for number, row in enumerate(rows, 1) if row]
+    # Blank lines carry no image.
+    return data, [(number, row) for number, row in enumerate(rows, 1) if row]
+
+
+def read_folder(folder: Union[str, Path]) -> FerFolder:
+    """Read a prepared split folder (``label.csv`` + PNGs) into memory.
+
+    The split's pack (:mod:`ferplus.pack`) is served when it matches ``label.csv`` and every PNG;
+    when it does not, the PNGs are decoded and a one-line note on stderr says why. The data
+    folder's generation lock is held meanwhile, so a generator run swaps the split only before
+    or after (:func:`read_data_folder` reads several splits of one generation).
+
+    Raises:
+        FerplusError: for a missing folder; and naming ``label.csv`` and the line, for a line
+            with the wrong number of columns, a name that is not one plain file name, a box that
+            does not parse or does not fit its image, bad vote counts, an image listed twice, a
+            missing or unreadable image (or one that is not a regular file, or too large to
+            decode), or an image whose size differs from the folder's usual one.
+    """
+    folder = Path(folder)
+    with generation_lock(folder.parent, exclusive=False):  # held before the folder is looked at
+        data, note = _read_split(_existing_split(folder))
+    _print_notes([note])
+    return data
+
+
+def read_data_folder(
+    base_folder: Union[str, Path], folders: Sequence[str] = tuple(SPLIT_FOLDERS.values())
+) -> Dict[str, FerFolder]:
+    """:func:`read_folder` of each split folder ``folders`` (``FER2013Train`` …, all three by
+    default, in this order) of one data folder, all of one generator run: a regeneration waits
+    until they are read.
+
+    Raises:
+        FerplusError: as :func:`read_folder`, and when a killed generator left its swap of new
+            split folders half done (its next run finishes it).
+    """
+    base = Path(base_folder)
+    with generation_lock(base, exclusive=False):
+        paths = {name: _existing_split(base / name) for name in folders}
+        staging = unfinished_swap(base)
+        if staging is not None:
+            raise FerplusError(
+                f"{base}: a generator run was stopped while it swapped in new split folders ({staging.name}); "
+                "run generate_training_data.py again, which finishes the swap first"
+            )
+        read = {name: _read_split(path) for name, path in paths.items()}
+    _print_notes([note for _, note in read.values()])
+    return {name: data for name, (data, _) in read.items()}
+
+
+def _existing_split(folder: Path) -> Path:
+    if not folder.is_dir():
+        raise FerplusError(f"{folder}: no such folder ({_missing_folder_hint(folder)})")
+    return folder
+
+
+def _print_notes(notes: Sequence[str]) -> None:
+    """Print the notes of splits read, once all of them were read (an error is then its own one line)."""
+    for note in filter(None, notes):
+        print(f"note: {note}", file=sys.stderr, flush=True)
+
+
+def _read_split(folder: Path) -> tuple[FerFolder, str]:
+    """The split, and a note ("" when none) on why its pack was not used."""
+    label_path = folder / LABEL_FILE
+    data, numbered = read_label_file(label_path)
+    pack = load_pack(folder, data)
+    if isinstance(pack, Pack):
+        return FerFolder(folder=folder, names=pack.names, boxes=pack.boxes, votes=pack.votes, images=pack.images), ""
     if not numbered:
         raise FerplusError(f"{label_path}: no images listed")
     parsed = [_parse_line(row, f"{label_path}: line {number}") for number, row in numbered]
@@ -161,13 +223,14 @@ def read_folder(folder: Union[str, Path]) -> FerFolder:
             raise FerplusError(
                 f"{where}: image {name} is {width}x{height} pixels, the folder's others are {shape[1]}x{shape[0]}"
             )
+    note = f"{folder}: {pack}: decoded the PNGs instead" if pack is not None else ""
     return FerFolder(
         folder=folder,
         names=names,
         boxes=np.array([box for _, box, _ in parsed], dtype=np.int64).reshape(-1, 4),
         votes=np.array([votes for _, _, votes in parsed], dtype=np.int64).reshape(-1, NUM_VOTES),
         images=np.stack(images),
-    )
+    ), note
 
 
 def _seed(*key: int) -> int:

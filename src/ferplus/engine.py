@@ -37,9 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import EvalSet, TrainStream, read_folder, summary_table
+from .data import EvalSet, TrainStream, read_data_folder, summary_table
 from .errors import FerplusError
-from .fer_format import SPLIT_FOLDERS
 from .fileio import FolderLock, atomic_write, read_regular_file, remove_stale_temporaries, write_json
 from .hardware import configure_cpu_threads, configure_cuda, use_bf16
 from .labels import get_mode
@@ -424,7 +423,7 @@ def _train(
 
     # Data: the whole split as uint8 on the device; the evaluation sets preprocessed once.
     base_folder = Path(config.base_folder)
-    train_data, val_data, test_data = (read_folder(base_folder / SPLIT_FOLDERS[split]) for split in SPLIT_FOLDERS)
+    train_data, val_data, test_data = read_data_folder(base_folder).values()  # one generation
     stream = TrainStream(
         train_data, mode, config.batch_size, device, seed=config.seed, rank=rank, world_size=world_size
     )

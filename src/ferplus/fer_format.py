@@ -6,6 +6,7 @@ face crops, the datasets) takes these facts from here.
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 #: The eight emotions a network predicts, in output order.
@@ -53,3 +54,24 @@ def canonical_split(split: str) -> str:
 def label_line(name: str, votes: Sequence[int], box: Sequence[int] = FACE_BOX) -> str:
     """One ``label.csv`` line: ``fer0000000.png,"(0, 0, 48, 48)",4,0,0,1,3,2,0,0,0,0`` and a newline."""
     return f'{name},"({", ".join(map(str, box))})",{",".join(map(str, votes))}\n'
+
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def name_problem(name: str) -> str:
+    """Why ``name`` cannot name an image of a split folder, or "" when it can.
+
+    An image is one plain file name inside its split: no folder part (so ``x.png`` and
+    ``./x.png`` cannot be two images, and nothing outside the split is read), not ``.`` or
+    ``..``, no control characters (a NUL cannot be part of a file name, the rest should not).
+    """
+    if not name:
+        return "is empty"
+    if "/" in name or "\\" in name:
+        return "is a path, not a plain file name inside the split folder"
+    if name in (".", ".."):
+        return "names a folder, not a file"
+    if _CONTROL_CHARACTER.search(name):
+        return "holds control characters"
+    return ""

@@ -52,7 +52,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .data import FerFolder, read_folder
+from .data import FerFolder, read_data_folder
 from .datasets import SPLITS, check_split
 from .errors import FerplusError
 from .fer_format import EMOTIONS, VOTE_CATEGORIES, canonical_split
@@ -72,6 +72,9 @@ CSV_COLUMNS = (
 #: The ImageFolder tree holds the labels of this mode, the one with a single class per image.
 IMAGEFOLDER_MODE = EVAL_MODE
 STAGING_SUFFIX = ".staging-"
+#: Written at the top of every ImageFolder tree: ``overwrite`` replaces only a tree that holds it
+#: and nothing but this tool's layout (split / emotion / image).
+TREE_MARKER = ".ferplus-imagefolder"
 
 
 def _hard_link(source: Path, target: Path) -> None:
@@ -140,12 +143,14 @@ def export_labels(
         csv_dir: folder that receives ``ferplus_<split>.csv`` per split (created if needed).
         imagefolder: folder that becomes the ImageFolder tree; it must not exist or be empty.
         splits: which of ``train``, ``val``, ``test`` to export.
-        overwrite: replace existing CSVs and a non-empty ``imagefolder``.
+        overwrite: replace existing CSVs, and an ``imagefolder`` tree that this function wrote
+            (:data:`TREE_MARKER`); never a folder holding anything else.
 
     Raises:
         FerplusError: nothing to export, an unknown split, an output that exists (without
-            ``overwrite``) or would replace the data folder, or a bad data folder (an image
-            listed twice in a split, say); nothing has been written then.
+            ``overwrite``), an output that holds or is inside a split folder being read, a
+            non-empty ``imagefolder`` that is not this tool's tree, or a bad data folder (an
+            image listed twice in a split, say); nothing has been written then.
     """
     if csv_dir is None and imagefolder is None:
         raise FerplusError("nothing to export: give a CSV folder, an ImageFolder output or both")
@@ -155,14 +160,17 @@ def export_labels(
         raise FerplusError(str(e)) from None
     base = Path(base_folder)
     csv_paths = {split: Path(csv_dir) / csv_name(split) for split in folders} if csv_dir is not None else {}
+    for out in filter(None, (csv_dir, imagefolder)):
+        _check_outside_data(Path(out), [base / folder for folder in folders.values()])
     if not overwrite:
         for path in csv_paths.values():
             if path.exists():
                 raise FerplusError(f"{path}: already exists (--overwrite replaces it)")
     if imagefolder is not None:
-        _check_tree_output(Path(imagefolder), base, overwrite)
+        _check_tree_output(Path(imagefolder), overwrite)
 
-    data = {split: read_folder(base / folder) for split, folder in folders.items()}
+    read = read_data_folder(base, list(folders.values()))
+    data = {split: read[folder] for split, folder in folders.items()}
     summary = ExportSummary(kept={
         split: {"images": len(d.names), **{mode: int(process_votes(d.votes, mode)[1].sum()) for mode in MODES}}
         for split, d in data.items()
@@ -189,14 +197,45 @@ def format_export_summary(summary: ExportSummary) -> str:
     return "\n".join(lines)
 
 
-def _check_tree_output(out: Path, base: Path, overwrite: bool) -> None:
+def _check_outside_data(out: Path, split_folders: Sequence[Path]) -> None:
+    """An output may neither hold a split folder being read nor lie inside one."""
+    where = out.resolve()
+    for folder in split_folders:
+        inside = folder.resolve()
+        if inside.is_relative_to(where) or where.is_relative_to(inside):
+            raise FerplusError(f"{out}: holds or is inside the split folder {folder} being read; choose another output")
+
+
+def _check_tree_output(out: Path, overwrite: bool) -> None:
     if out.exists() or out.is_symlink():
-        if not out.is_dir():
+        if not out.is_dir() or out.is_symlink():
             raise FerplusError(f"{out}: exists and is not a folder")
-        if base.resolve().is_relative_to(out.resolve()):
-            raise FerplusError(f"{out}: would replace the data folder {base}")
-        if not overwrite and any(out.iterdir()):
+        if not any(out.iterdir()):
+            return
+        if not overwrite:
             raise FerplusError(f"{out}: already exists and is not empty (--overwrite replaces it)")
+        if not _is_our_tree(out):
+            raise FerplusError(
+                f"{out}: holds files this tool did not write (no {TREE_MARKER} tree); "
+                "--overwrite replaces only an ImageFolder tree it made"
+            )
+
+
+def _is_our_tree(out: Path) -> bool:
+    """Whether ``out`` holds :data:`TREE_MARKER` and nothing but split / emotion / image entries."""
+    if not (out / TREE_MARKER).is_file():
+        return False
+    for split in out.iterdir():
+        if split.name == TREE_MARKER:
+            continue
+        if split.name not in SPLITS or split.is_symlink() or not split.is_dir():
+            return False
+        for emotion in split.iterdir():
+            if emotion.name not in EMOTIONS or emotion.is_symlink() or not emotion.is_dir():
+                return False
+            if any(image.is_dir() and not image.is_symlink() for image in emotion.iterdir()):
+                return False
+    return True
 
 
 def _write_tree(out: Path, data: Dict[str, FerFolder]) -> Dict[str, int]:
@@ -206,6 +245,8 @@ def _write_tree(out: Path, data: Dict[str, FerFolder]) -> Dict[str, int]:
     placed = dict.fromkeys(PLACEMENTS, 0)
     try:
         tree = staging / "tree"
+        tree.mkdir()
+        (tree / TREE_MARKER).touch()
         method = 0  # once a way of placing files fails, the later files skip it
         for split, d in data.items():
             targets, keep = process_votes(d.votes, IMAGEFOLDER_MODE)

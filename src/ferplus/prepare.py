@@ -31,10 +31,13 @@ import multiprocessing.connection
 import os
 import re
 import shutil
+import signal
+import stat
 import sys
 import tempfile
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -45,6 +48,7 @@ from tqdm import tqdm
 
 from .errors import FerplusError
 from .fer_format import (
+    FACE_BOX,
     FER_HEADER,
     FERPLUS_HEADER,
     IMAGE_SIZE,
@@ -60,6 +64,7 @@ from .fer_format import (
     label_line,
 )
 from .labels import MAX_VOTES
+from .pack import write_pack
 
 try:
     import fcntl
@@ -75,6 +80,7 @@ FERPLUS_OWN_COLUMNS = (NAME_COLUMN,) + VOTE_CATEGORIES
 FIRST_DATA_LINE = 2  # line 1 of both files is the header
 #: Image names become file names and unquoted label.csv fields, so only plain ``.png`` names pass.
 IMAGE_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*\.png")
+_NUMBERED_NAME = re.compile(r"fer(\d{7})\.png")  # FER+'s own names
 
 #: zlib level of the PNGs: 0 stores the pixels. FER2013 faces are noisy photos that deflate shrinks
 #: only from ~2.4 to ~1.8 KB, each file takes one 4 KiB filesystem block either way, and level 1
@@ -88,8 +94,16 @@ PROGRESS_STEP = 1000  # images written between progress bar updates
 #: Below this size the process pool's start-up costs more than it saves.
 POOL_MIN_BYTES = 16 << 20
 FILE_MODE = 0o666  # as open() creates files: the umask decides
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO in the lock file's place must not block the open
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would otherwise translate newlines inside PNGs
 STAGING_PREFIX = ".generate-staging-"  # + "<pid>-<random>": lets a later run find a dead run's folder
+#: Created first in every staging folder: a later run deletes only folders that hold it (or
+#: empty ones of the exact name mkdtemp gives), never a user's folder that happens to match.
+STAGING_MARKER = ".made-by-ferplus-generate"
+_STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"\d+-[a-z0-9_]{8}")
+#: Lock file of the data folder, held by the one generator run that writes it. (The folder
+#: itself is locked by readers and by the generator's swap: :func:`generation_lock`.)
+RUN_LOCK = ".generate.lock"
 #: Created in a staging folder once all its split folders are complete: from then on the new
 #: splits win, and whoever finds the staging folder finishes moving them in.
 COMPLETE_MARKER = "complete"
@@ -139,7 +153,7 @@ def generate_training_data(
     ferplus_path: PathLike,
     progress: bool = True,
     *,
-    workers: Optional[int] = None,
+    workers: int = 1,
 ) -> Dict[str, Dict[str, Any]]:
     """Write ``FER2013Train/``, ``FER2013Valid/`` and ``FER2013Test/`` (PNGs + ``label.csv``) under ``base_folder``.
 
@@ -152,9 +166,10 @@ def generate_training_data(
         ferplus_path: the FER+ ``fer2013new.csv`` (``Usage,Image name,<ten vote columns>``), the
             same rows in the same order.
         progress: show progress bars on stderr.
-        workers: processes that parse ``fer2013.csv``; ``None`` picks one per CPU for large
-            inputs and parses in-process for small ones. The pool imports the caller's main
-            module again: call this under ``if __name__ == "__main__":``.
+        workers: processes that parse ``fer2013.csv``; 1 (the default) parses in-process, so
+            the call works anywhere (a script without ``if __name__ == "__main__":``, a notebook,
+            a REPL). More start a process pool, which imports the caller's main module again:
+            only under such a guard. :func:`auto_workers` is what the generator's CLI uses.
 
     Returns:
         Per split folder, in :data:`USAGE_FOLDERS` order: ``usage``, ``rows`` (CSV rows of that
@@ -176,7 +191,7 @@ def generate_training_data(
 
 
 def read_splits(
-    fer_path: PathLike, ferplus_path: PathLike, progress: bool = False, *, workers: Optional[int] = None
+    fer_path: PathLike, ferplus_path: PathLike, progress: bool = False, *, workers: int = 1
 ) -> Dict[str, SplitData]:
     """What :func:`generate_training_data` would write, in memory and without writing anything.
 
@@ -184,6 +199,7 @@ def read_splits(
     images that folder would hold (same rows, same order, duplicates written once). The files are
     validated exactly as for :func:`generate_training_data` (same ``FerplusError`` messages);
     ``fer_path`` may also be Kaggle's ``icml_face_data.csv`` (columns ``emotion, Usage, pixels``).
+    ``workers`` as for :func:`generate_training_data` (in-process by default).
     """
     return _read_csv_pair(Path(fer_path), Path(ferplus_path), progress, workers)[0]
 
@@ -205,6 +221,16 @@ def recover(base_folder: PathLike) -> None:
     if base.is_dir():
         with _exclusive(base):
             _finish_killed_runs(base)
+
+
+def auto_workers(fer_path: PathLike) -> int:
+    """Parsing processes worth starting for ``fer_path``: one per CPU for a large file, else 1
+    (below :data:`POOL_MIN_BYTES` the pool's start-up costs more than it saves)."""
+    try:
+        large = os.stat(fer_path).st_size >= POOL_MIN_BYTES
+    except OSError:  # reported with the other checks of the file
+        large = False
+    return _cpu_count() if large else 1
 
 
 def format_summary(summary: Dict[str, Dict[str, Any]]) -> str:
@@ -229,8 +255,15 @@ def _split_header(text: str) -> List[str]:
     return [name.strip().strip('"') for name in text.split(",")]
 
 
+def _check_unique_columns(columns: Sequence[str], path: Path) -> None:
+    """A column named twice would leave it to chance which one is read."""
+    twice = next((name for i, name in enumerate(columns) if name in columns[:i]), None)
+    if twice is not None:
+        raise FerplusError(f"{path}: line 1: column {twice!r} appears more than once")
+
+
 def _read_csv_pair(
-    fer_path: Path, ferplus_path: Path, progress: bool, workers: Optional[int]
+    fer_path: Path, ferplus_path: Path, progress: bool, workers: int
 ) -> Tuple[Dict[str, SplitData], Dict[str, Dict[str, Any]]]:
     """Validate both files completely; returns the splits and :func:`generate_training_data`'s summary."""
     for path in (fer_path, ferplus_path):
@@ -238,8 +271,6 @@ def _read_csv_pair(
             raise FerplusError(f"{path}: no such file")
     header_end, pixels_index, usage_index, num_columns = _read_fer_header(fer_path)
     size = fer_path.stat().st_size
-    if workers is None:
-        workers = _cpu_count() if size >= POOL_MIN_BYTES else 1
     ranges = _chunk_ranges(fer_path, header_end, size, workers)
     tasks = [(str(fer_path), start, end, num_columns, pixels_index, usage_index) for start, end in ranges]
 
@@ -249,6 +280,9 @@ def _read_csv_pair(
         labels = _read_ferplus(ferplus_path)
         usages, images = _collect_chunks(parsed, ranges, fer_path, progress)
     _check_rows_agree(labels, usages, fer_path, ferplus_path)
+    if not labels.usages:
+        raise FerplusError(f"{ferplus_path}: no rows after the header (and none in {fer_path}): nothing to prepare")
+    _check_names_number_rows(labels, ferplus_path)
     plan, summary = _plan_outputs(labels)
     splits = {
         folder: SplitData(
@@ -272,6 +306,7 @@ def _read_fer_header(path: Path) -> Tuple[int, int, int, int]:
     columns = _split_header(header)
     if not set(FER_OWN_COLUMNS) & set(columns):
         raise FerplusError(f"{path}: line 1: not a FER2013 CSV (expected the header {FER_HEADER})")
+    _check_unique_columns(columns, path)
     missing = [name for name in (PIXELS_COLUMN, USAGE_COLUMN) if name not in columns]
     if missing:
         raise FerplusError(f"{path}: line 1: missing column {missing[0]!r} (expected the header {FER_HEADER})")
@@ -290,6 +325,7 @@ def _read_ferplus(path: Path) -> _Labels:
             header = [name.strip() for name in header]
             if not set(FERPLUS_OWN_COLUMNS) & set(header):
                 raise FerplusError(f"{path}: line 1: not a FER+ label CSV (expected the header {FERPLUS_HEADER})")
+            _check_unique_columns(header, path)
             missing = [name for name in (USAGE_COLUMN,) + FERPLUS_OWN_COLUMNS if name not in header]
             if missing:
                 raise FerplusError(
@@ -318,6 +354,29 @@ def _read_ferplus(path: Path) -> _Labels:
     except csv.Error as e:
         raise FerplusError(f"{path}: not a readable CSV file ({e})") from None
     return labels
+
+
+def _check_names_number_rows(labels: _Labels, path: Path) -> None:
+    """FER+ names image ``fer%07d.png`` by its row: rows reordered would pair votes with other faces.
+
+    In the shipped ``fer2013new.csv`` the numbers of the names listed once grow strictly from row
+    to row (they lag the row index a little where rows have no image; the four names listed twice
+    break the order and are left out). A subset of its rows keeps that order, reordered rows do not.
+    Other naming schemes are not checked.
+    """
+    listed = Counter(labels.names)
+    previous: Optional[Tuple[int, str]] = None
+    for row, name in enumerate(labels.names):
+        match = _NUMBERED_NAME.fullmatch(name)
+        if match is None or listed[name] > 1:
+            continue
+        number = int(match.group(1))
+        if previous is not None and number <= previous[0]:
+            raise FerplusError(
+                f"{path}: line {labels.lines[row]}: image name {name} comes after {previous[1]}; FER+ numbers "
+                "its images in row order, so the rows were reordered"
+            )
+        previous = (number, name)
 
 
 def _unknown_usage(usage: str) -> str:
@@ -510,7 +569,7 @@ def _write_pngs(folder: Path, names: Sequence[str], images: np.ndarray) -> None:
 
 
 def _write_splits(staging: Path, splits: Dict[str, SplitData], progress: bool) -> None:
-    """Write every split folder (PNGs, then label.csv) into ``staging``.
+    """Write every split folder (PNGs, then label.csv, then the pack of :mod:`ferplus.pack`) into ``staging``.
 
     One process does this: the files of a split share a directory, whose lock makes parallel
     writers wait on each other (measured slower with two).
@@ -524,29 +583,37 @@ def _write_splits(staging: Path, splits: Dict[str, SplitData], progress: bool) -
                 part = slice(i, i + PROGRESS_STEP)
                 _write_pngs(out, split.names[part], split.images[part])
                 bar.update(len(split.names[part]))
-            with open(out / LABEL_FILE, "w", newline="\n", encoding="utf-8") as f:
-                f.writelines(label_line(name, votes) for name, votes in zip(split.names, split.votes))
+            label_bytes = "".join(label_line(name, votes) for name, votes in zip(split.names, split.votes)).encode()
+            with open(out / LABEL_FILE, "wb") as f:
+                f.write(label_bytes)
+            boxes = np.tile(np.array(FACE_BOX, dtype=np.int64), (len(split.names), 1))
+            write_pack(out, label_bytes, split.names, boxes, split.votes, split.images)
 
 
 def _replace_splits(base: Path, splits: Dict[str, SplitData], progress: bool) -> None:
     """Write the split folders into a new staging folder in ``base``, mark it complete, and swap them in."""
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=base))
     try:
+        (staging / STAGING_MARKER).touch(exist_ok=False)
         _write_splits(staging, splits, progress)
-        (staging / COMPLETE_MARKER).touch(exist_ok=False)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    # From the marker on, a failure leaves the staging folder for the next run to finish.
-    _move_into_place(staging, base)
+    with generation_lock(base, exclusive=True):
+        (staging / COMPLETE_MARKER).touch(exist_ok=False)
+        # From the marker on, a failure leaves the staging folder for the next run to finish.
+        _move_into_place(staging, base)
+    shutil.rmtree(staging)
 
 
 def _move_into_place(staging: Path, base: Path) -> None:
-    """Swap the complete split folders of ``staging`` in, then delete the old ones and ``staging``.
+    """Swap the complete split folders of ``staging`` in, then unmark ``staging`` (the caller
+    deletes it, with the old folders in it, after letting go of the generation lock).
 
     Each swap is two renames (old folder into :data:`PREVIOUS_FOLDER`, new folder into place),
     and every step is skipped when already done, so a call after a kill at any point finishes
-    the job. The old folders go only after all new ones are in place.
+    the job. The marker goes only once all new ones are in place: an unmarked staging folder
+    never holds a new split, only old ones or none, and is simply deleted.
     """
     previous = staging / PREVIOUS_FOLDER
     previous.mkdir(exist_ok=True)
@@ -557,32 +624,82 @@ def _move_into_place(staging: Path, base: Path) -> None:
         if target.exists() or target.is_symlink():
             os.replace(target, previous / folder)
         os.replace(new, target)
-    shutil.rmtree(previous)  # the marker stays until the old splits are gone, ...
-    shutil.rmtree(staging)  # ... so an unmarked staging folder never holds one
+    (staging / COMPLETE_MARKER).unlink()
 
 
 def _finish_killed_runs(base: Path) -> None:
-    """Finish or delete the staging folders in ``base`` (see :func:`recover`); the caller holds the lock."""
+    """Finish or delete the staging folders in ``base`` (see :func:`recover`); the caller holds the lock.
+
+    Only folders this tool made are touched: those holding :data:`STAGING_MARKER`, and empty ones
+    with exactly the name it gives (a run killed between creating one and marking it).
+    """
     for staging in sorted(base.glob(f"{STAGING_PREFIX}*")):
+        if not staging.is_dir() or staging.is_symlink():
+            continue
+        if not (staging / STAGING_MARKER).is_file():
+            if _STAGING_NAME.fullmatch(staging.name) and not any(staging.iterdir()):
+                staging.rmdir()
+            continue
         if (staging / COMPLETE_MARKER).exists():
-            _move_into_place(staging, base)
-        else:
-            shutil.rmtree(staging)
+            with generation_lock(base, exclusive=True):
+                _move_into_place(staging, base)
+        shutil.rmtree(staging)
+
+
+def unfinished_swap(base: Path) -> Optional[Path]:
+    """A staging folder of ``base`` whose swap a killed generator left half done, or None.
+
+    Call it holding the shared :func:`generation_lock`: a live generator holds the lock
+    exclusively while its staging folder is marked complete.
+    """
+    for staging in base.glob(f"{STAGING_PREFIX}*"):
+        if (staging / STAGING_MARKER).is_file() and (staging / COMPLETE_MARKER).exists():
+            return staging
+    return None
+
+
+@contextlib.contextmanager
+def generation_lock(base: Path, exclusive: bool) -> Iterator[None]:
+    """Hold a lock on the data folder ``base`` itself, waiting for it: shared by readers while
+    they read its splits, exclusive by the generator while it swaps new split folders in.
+
+    A reader so sees one whole generation, and needs no write access. Without ``fcntl``
+    (Windows), or on a file system that cannot lock a folder, nothing is locked; nor is a
+    ``base`` that cannot be opened (missing: the caller reports it).
+    """
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(base, os.O_RDONLY)
+        except OSError:
+            pass
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            except OSError:
+                pass  # no locks here (some network file systems)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 @contextlib.contextmanager
 def _exclusive(base: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the folder ``base`` itself (so nothing is added to it) while in the block.
+    """Hold the exclusive :data:`RUN_LOCK` of ``base`` while in the block: one generator run at a time.
 
     The kernel drops the lock when the process dies, however it dies, so a staging folder found
     by the holder belongs to a dead run. Without ``fcntl`` (Windows), or on a file system that
-    cannot lock a folder, nothing is locked and one run at a time is the user's care.
+    cannot lock, nothing is locked and one run at a time is the user's care.
     """
     if fcntl is None:
         yield
         return
-    fd = os.open(base, os.O_RDONLY)
+    fd = os.open(base / RUN_LOCK, os.O_RDWR | os.O_CREAT | _O_NONBLOCK, FILE_MODE)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FerplusError(f"{base / RUN_LOCK}: not a regular file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -617,6 +734,24 @@ def _executor(workers: int) -> Iterator[Optional[Executor]]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold back SIGINT in this thread meanwhile; processes started here keep it blocked for life.
+
+    Ctrl-C reaches the whole process group: a worker still importing would print a traceback of
+    its own. Started while SIGINT is blocked, the workers never see it (they end with the pool,
+    or with this process); a Ctrl-C that came meanwhile is delivered here once the block ends.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _exit_with_parent() -> None:
     """Pool worker initializer: exit as soon as the process that started the pool dies.
 
@@ -636,4 +771,5 @@ def _map(pool: Optional[Executor], fn: Callable, tasks: Sequence) -> Iterator:
     """``fn`` over ``tasks`` in order: lazily in-process, or submitted to the pool all at once."""
     if pool is None:
         return map(fn, tasks)
-    return pool.map(fn, tasks)
+    with _interrupts_held():  # the pool starts its workers as the tasks are submitted
+        return pool.map(fn, tasks)

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .data import read_label_file
 from .engine import LAST_CHECKPOINT, TrainConfig, finished_results, run_folder_name
 from .fer_format import LABEL_FILE, SPLIT_FOLDERS
 from .fileio import atomic_write
@@ -94,7 +95,7 @@ def _data_line(base_folder: str, train_images: int) -> str:
 def _train_images(base_folder: str) -> int:
     """Images listed in the training split's label.csv (one non-blank line each)."""
     label_path = Path(base_folder) / SPLIT_FOLDERS["train"] / LABEL_FILE
-    return sum(1 for line in label_path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return len(read_label_file(label_path)[1])
 
 
 def format_markdown(

@@ -38,13 +38,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         "-ferplus", "--ferplus-path", "--ferplus_path", dest="ferplus_path", type=Path,
         help="the FER+ fer2013new.csv (default: data/fer2013new.csv shipped with this project)",
     )
+    parser.add_argument(
+        "--workers", type=int,
+        help="processes that parse fer2013.csv (default: one per CPU for a large file, else 1)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars (the summary is still printed)")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     """Prepare the split folders from the given CSV pair, or from a fresh synthetic sample."""
-    from ..prepare import format_summary, generate_training_data
+    from ..prepare import auto_workers, format_summary, generate_training_data
     from ..synthetic import write_sample
 
     fer_path, ferplus_path = args.fer_path, args.ferplus_path
@@ -60,7 +64,10 @@ def main(args: argparse.Namespace) -> None:
         if not SHIPPED_FERPLUS.is_file():
             raise FerplusError("-ferplus: give the FER+ votes file fer2013new.csv (it ships in the project's data/)")
         ferplus_path = SHIPPED_FERPLUS
-    summary = generate_training_data(args.base_folder, fer_path, ferplus_path, progress=not args.quiet)
+    workers = auto_workers(fer_path) if args.workers is None else args.workers
+    if workers < 1:
+        raise FerplusError(f"--workers {workers}: give at least 1")
+    summary = generate_training_data(args.base_folder, fer_path, ferplus_path, progress=not args.quiet, workers=workers)
     print(f"wrote {', '.join(str(args.base_folder / folder) for folder in summary)}")
     print(format_summary(summary))
 
