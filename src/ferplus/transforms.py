@@ -186,7 +186,9 @@ def normalize(crops: torch.Tensor) -> torch.Tensor:
     device = crops.device
     # Values offset by 256 per image: one scatter-add gives every histogram, one take every lookup.
     # (scatter_add_ rather than bincount: bincount must read the maximum back to the host on CUDA.)
-    index = crops.reshape(n, -1) + torch.arange(n, device=device).unsqueeze(1) * PIXEL_LEVELS  # int64
+    # (Widened first, then offset in place: a uint8 + int64 broadcast is several times slower on a CPU.)
+    index = crops.reshape(n, -1).to(torch.int64)
+    index += (torch.arange(n, device=device) * PIXEL_LEVELS).unsqueeze(1)
     ones = torch.ones(1, dtype=torch.float32, device=device).expand(index.numel())
     histograms = torch.zeros(n * PIXEL_LEVELS, dtype=torch.float32, device=device)
     histograms = histograms.scatter_add_(0, index.view(-1), ones).view(n, PIXEL_LEVELS)  # exact: counts <= 4096
