@@ -201,6 +201,12 @@ def _append(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(old + text))
 
 
+#: torch.manual_seed takes the seed as a 64-bit integer: below 2**63 it fits a signed one too.
+MAX_SEED = 2**63
+#: Far above any useful rate, and far below float32's limit (3.4e38), where 1e39 becomes inf.
+MAX_LR = 1e6
+
+
 def _check_config(config: TrainConfig) -> None:
     try:
         get_mode(config.training_mode)
@@ -214,10 +220,10 @@ def _check_config(config: TrainConfig) -> None:
         raise FerplusError("--max-epochs must be at least 0 and --batch-size at least 1")
     if not (0 <= config.momentum < 1):
         raise FerplusError(f"--momentum {config.momentum}: the momentum must be in [0, 1)")
-    if config.seed < 0:
-        raise FerplusError(f"--seed {config.seed}: the seed must be a non-negative integer")
-    if not (config.lr > 0 and math.isfinite(config.lr)):
-        raise FerplusError(f"--lr {config.lr}: the learning rate must be a positive number")
+    if not 0 <= config.seed < MAX_SEED:
+        raise FerplusError(f"--seed {config.seed}: the seed must be a whole number in [0, 2**63)")
+    if not 0 < config.lr <= MAX_LR:
+        raise FerplusError(f"--lr {config.lr}: the learning rate must be a positive number up to {MAX_LR:g}")
     if not Path(config.base_folder).is_dir():
         raise FerplusError(f"{config.base_folder}: no such data folder")
 

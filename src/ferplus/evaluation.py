@@ -10,8 +10,8 @@ import numpy as np
 
 from .data import EvalSet, read_folder
 from .errors import FerplusError
-from .fer_format import SPLIT_FOLDERS
-from .fileio import write_json
+from .fer_format import LABEL_FILE, SPLIT_FOLDERS
+from .fileio import refuse_input, write_json
 from .metrics import PERCENT, format_confusion, summarize
 from .runtime import EVAL_BATCH_SIZE, confusion_matrix
 from .checkpoint import INFO_KEYS
@@ -60,6 +60,8 @@ def evaluate_model_file(
     confusion = confusion_matrix(scorer, eval_set.batches(batch_size)).cpu().numpy()
     result: Dict[str, Any] = {**info, "split": split, "data_folder": str(folder), **summarize(confusion)}
     paths = result_paths(output, model_path, split)
+    for path in paths.values():
+        refuse_input(path, [model_path, folder / LABEL_FILE])
     write_json(paths["json"], result)
     from .plots import plot_confusion_matrix  # matplotlib is imported only to draw
 
