@@ -188,7 +188,8 @@ def format_epoch_line(record: Dict[str, Any]) -> str:
     return line
 
 
-def _final_lines(best_val_accuracy: float, best_epoch: int, test_accuracy: float) -> str:
+def format_final_lines(best_val_accuracy: float, best_epoch: int, test_accuracy: float) -> str:
+    """The last two lines of a finished run's ``train.log``: its best validation epoch and result."""
     return (
         f"best validation accuracy {PERCENT * best_val_accuracy:.2f}% at epoch {best_epoch}\n"
         f"test accuracy at the best validation epoch {PERCENT * test_accuracy:.2f}%\n"
@@ -562,7 +563,7 @@ def _train(
         "history": history,
     }
     if main:
-        final_lines = _final_lines(best["best_val_accuracy"], best["best_epoch"], best["test_accuracy"])
+        final_lines = format_final_lines(best["best_val_accuracy"], best["best_epoch"], best["test_accuracy"])
         _append(log_path, final_lines)
         print(final_lines + f"run folder: {output}", flush=True)
         write_json(output / RESULTS_FILE, results)
