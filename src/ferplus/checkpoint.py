@@ -109,7 +109,7 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise FerplusError(f"{path}: not a usable checkpoint: it lacks {', '.join(missing)}")
-    problem = schema_problem(state)
+    problem = _schema_problem(state)
     if problem:
         raise FerplusError(f"{path}: not a usable checkpoint: {problem}")
     return state
@@ -125,15 +125,15 @@ def _is_number(value: Any) -> bool:
 
 def _history_problem(history: Any) -> Optional[str]:
     if not isinstance(history, list):
-        return "history is not a list of epochs"
+        return "its history is not a list of epochs"
     for i, record in enumerate(history):
         if not isinstance(record, dict):
-            return f"history[{i}] is not an epoch record"
+            return f"its history[{i}] is not an epoch record"
         for key in HISTORY_NUMBERS:
             if not _is_number(record.get(key)):
-                return f"history[{i}] {key} {record.get(key)!r} is not a finite number"
+                return f"its history[{i}] {key} {_short(record.get(key))} is not a finite number"
         if record.get("test_accuracy") is not None and not _is_number(record["test_accuracy"]):
-            return f"history[{i}] test_accuracy {record['test_accuracy']!r} is not a finite number"
+            return f"its history[{i}] test_accuracy {_short(record['test_accuracy'])} is not a finite number"
     return None
 
 
@@ -141,23 +141,23 @@ def _confusion_problem(matrix: Any) -> Optional[str]:
     rows_ok = isinstance(matrix, list) and all(
         isinstance(row, list) and len(row) == len(matrix) and all(_is_int(n) and n >= 0 for n in row) for row in matrix
     )
-    return None if rows_ok else "test_confusion is not a square table of counts"
+    return None if rows_ok else "its test_confusion is not a square table of counts"
 
 
 def _model_state_problem(model_state: Any) -> Optional[str]:
     if not isinstance(model_state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model_state.items()
     ):
-        return "model_state is not a state dict (names to tensors)"
+        return "its model_state is not a state dict (names to tensors)"
     for key, tensor in model_state.items():
         # NaN or infinite weights score every image as NaN: such a model is broken, not usable.
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return f"model_state {key} holds non-finite weights (NaN or infinity)"
+            return f"its model_state {key} holds non-finite weights (NaN or infinity)"
     return None
 
 
 def _checker(test: Callable[[Any], bool], what: str) -> Callable[[str, Any], Optional[str]]:
-    return lambda key, value: None if test(value) else f"{key} {_short(value)} is not {what}"
+    return lambda key, value: None if test(value) else f"its {key} {_short(value)} is not {what}"
 
 
 def _short(value: Any) -> str:
@@ -187,7 +187,7 @@ SCHEMA: Dict[str, Callable[[str, Any], Optional[str]]] = {
 }
 
 
-def schema_problem(state: Mapping[str, Any]) -> Optional[str]:
+def _schema_problem(state: Mapping[str, Any]) -> Optional[str]:
     """What in a checkpoint's fields is not of the type the trainer writes (naming the field), or None."""
     for key, check in SCHEMA.items():
         if key in state:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import errno
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 #: Exit status for problems the user can fix (bad input, bad flags), as argparse uses.
 EXIT_USAGE = 2
@@ -39,10 +40,29 @@ def _out_of_memory(error: BaseException) -> bool:
     return isinstance(error, MemoryError) or cpu_error or (gpu_error is not None and isinstance(error, gpu_error))
 
 
+#: The error handler of stdout and stderr (see :func:`make_output_safe`).
+SAFE_ERRORS = "ferplus-escape"
+
+
+def _escape(error: UnicodeError) -> Tuple[str, int]:
+    """``\\xff`` for a byte of a file name that was not text (Python keeps it as a surrogate),
+    ``\\xe4`` / ``\\u2212`` for a character the stream's encoding lacks."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start:error.end]
+    return "".join(
+        f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c.encode("ascii", "backslashreplace").decode()
+        for c in text
+    ), error.end
+
+
+codecs.register_error(SAFE_ERRORS, _escape)
+
+
 def make_output_safe() -> None:
     """Let stdout and stderr print any text: characters their encoding lacks (``ä`` under
-    ``PYTHONIOENCODING=ascii``) and the undecodable bytes of a file name (``\\xff``, kept by
-    Python as surrogates) come out as backslash escapes instead of raising ``UnicodeEncodeError``.
+    ``PYTHONIOENCODING=ascii``) and the undecodable bytes of a file name (``\\xff``) come out
+    as backslash escapes instead of raising ``UnicodeEncodeError``.
 
     A path is printed in nearly every message, so a print that can fail would stop a run before
     its results were written; this is the one place every tool's output goes through.
@@ -50,7 +70,7 @@ def make_output_safe() -> None:
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)  # None for a replaced stream without it
         if reconfigure is not None:
-            reconfigure(errors="backslashreplace")
+            reconfigure(errors=SAFE_ERRORS)
 
 
 def run_cli(
