@@ -641,10 +641,10 @@ TINY_MODEL = "vgg13_tiny"
 ODD_NAME = "dätä-" + os.fsdecode(b"\xff")
 
 
-def write_onnx(path: Path, *, batch: Any = "N", fill: float = 0.5, loop: bool = False, log: bool = False,
+def write_onnx(path: Path, *, batch: Any = "N", fill: float = 0.5, loop: int = 0, log: bool = False,
                names: Tuple[str, str] = (INPUT_NAME, OUTPUT_NAME), metadata: Optional[Dict[str, str]] = None) -> Path:
     """An ONNX file with the toolkit's interface but another graph: scores = mean(input) * ``fill``
-    (of ``log(mean)`` with ``log``: NaN for dark crops), through a ``Loop`` with ``loop``."""
+    (of ``log(mean)`` with ``log``: NaN for dark crops), through a ``Loop`` of ``loop`` iterations if any."""
     from onnx import TensorProto, helper, save
 
     nodes = [helper.make_node("ReduceMean", [names[0]], ["mean"], axes=[2, 3], keepdims=0)]
@@ -663,7 +663,7 @@ def write_onnx(path: Path, *, batch: Any = "N", fill: float = 0.5, loop: bool = 
             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
              helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)],
         )
-        initializers += [helper.make_tensor("trips", TensorProto.INT64, [], [2**40]),
+        initializers += [helper.make_tensor("trips", TensorProto.INT64, [], [loop]),
                          helper.make_tensor("go", TensorProto.BOOL, [], [True])]
         nodes.append(helper.make_node("Loop", ["trips", "go", "scores"], ["looped"], body=body))
         result = "looped"
@@ -709,7 +709,7 @@ HOSTILE_MODELS: Dict[str, Callable[[Path], Path]] = {
     "checkpoint: history of strings": lambda p: write_checkpoint_fields(p.with_suffix(".pt"), history=["a", "b"]),
     "checkpoint: best_val_accuracy None": lambda p: write_checkpoint_fields(p.with_suffix(".pt"), best_val_accuracy=None),
     "checkpoint: ragged confusion": lambda p: write_checkpoint_fields(p.with_suffix(".pt"), test_confusion=[[1, 2]]),
-    "onnx: Loop of 2**40": lambda p: write_onnx(p.with_suffix(".onnx"), loop=True),
+    "onnx: Loop of 2**40": lambda p: write_onnx(p.with_suffix(".onnx"), loop=2**40),
     "onnx: batch fixed at 1": lambda p: write_onnx(p.with_suffix(".onnx"), batch=1),
     "onnx: metadata epoch '²'": lambda p: write_onnx(p.with_suffix(".onnx"), metadata={"epoch": "²", "mode": "٣"}),
     "onnx: other tensor names": lambda p: write_onnx(p.with_suffix(".onnx"), names=("x", "y")),

@@ -14,13 +14,11 @@ from typing import Any, Dict, List
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
 
 import ferplus.reproduce as reproduce_module
-from ferplus.checkpoint import DIGEST_KEY, FORMAT, content_digest, load_checkpoint, save_checkpoint
+from ferplus.checkpoint import load_checkpoint, save_checkpoint
 from ferplus.datasets import FERPlus
 from ferplus.engine import format_final_lines
 from ferplus.errors import FerplusError, run_cli
@@ -29,8 +27,11 @@ from ferplus.images import UnreadableImage, read_image_file
 from ferplus.models import create_model
 from ferplus.onnx_export import verify_onnx
 from ferplus.reproduce import reproduce, run_folder
-from ferplus.scorers import INPUT_NAME, OUTPUT_NAME, OnnxModel
+from ferplus.scorers import OnnxModel
 from scripts import ROOT, run_script
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from faults import ODD_NAME, write_checkpoint_fields, write_onnx  # noqa: E402  (the hostile files, made in one place)
 
 MODEL = "vgg13_tiny"
 SCRIPTS = ("train", "generate_training_data", "evaluate", "predict", "export_onnx", "reproduce", "export_labels")
@@ -46,14 +47,6 @@ def tiny_state(**changes: Any) -> Dict[str, Any]:
     torch.manual_seed(0)
     state = {"model": MODEL, "mode": "majority", "model_state": create_model(MODEL).state_dict(), "epoch": 0}
     return {**state, **changes}
-
-
-def save_with_digest(path: Path, payload: dict) -> Path:
-    """Write ``payload`` with a right digest, whatever its field types: as another program might."""
-    payload = {"format": FORMAT, **payload}
-    payload[DIGEST_KEY] = content_digest(payload)
-    torch.save(payload, path)
-    return path
 
 
 @pytest.fixture
@@ -158,44 +151,9 @@ def test_models_with_non_finite_scores_are_refused(synthetic_data, tmp_path, pho
     assert "non-finite scores" in one_line_error(capsys) and not (tmp_path / "model.onnx").exists()
 
 
-def _onnx_model(path: Path, *, batch: Any = "N", fill: float = 0.5, loop: bool = False,
-                metadata: Dict[str, str] = None) -> Path:
-    """An ONNX file with the toolkit's tensor names: scores = mean(Input3) * fill, optionally through a Loop."""
-    nodes = [helper.make_node("ReduceMean", [INPUT_NAME], ["mean"], axes=[2, 3], keepdims=0),
-             helper.make_node("Mul", ["mean", "fill"], ["scores"])]
-    initializers = [helper.make_tensor("fill", TensorProto.FLOAT, [1, 8], [fill] * 8)]
-    result = "scores"
-    if loop:
-        body = helper.make_graph(
-            [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
-            "body",
-            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-             helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
-            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-             helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)],
-        )
-        initializers += [helper.make_tensor("trips", TensorProto.INT64, [], [3]),
-                         helper.make_tensor("go", TensorProto.BOOL, [], [True])]
-        nodes.append(helper.make_node("Loop", ["trips", "go", "scores"], ["looped"], body=body))
-        result = "looped"
-    nodes.append(helper.make_node("Identity", [result], [OUTPUT_NAME]))
-    graph = helper.make_graph(
-        nodes, "hostile",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [batch, 1, 64, 64])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [batch, 8])],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, metadata or {})
-    onnx.save(model, str(path))
-    return path
-
-
 @pytest.mark.parametrize("fill", [float("nan"), float("inf")])
 def test_onnx_files_with_non_finite_scores_are_refused(fill, synthetic_data, tmp_path, capsys):
-    path = _onnx_model(tmp_path / "model.onnx", fill=fill)
+    path = write_onnx(tmp_path / "model.onnx", fill=fill)
     assert run_script("evaluate", path, "-d", synthetic_data, "--output", tmp_path / "out") == 2
     assert one_line_error(capsys) == f"evaluate.py: error: {path}: the model gives non-finite scores " \
                                      "(NaN or infinity): it is broken, not used"
@@ -204,7 +162,7 @@ def test_onnx_files_with_non_finite_scores_are_refused(fill, synthetic_data, tmp
 
 def test_export_verification_fails_on_nan(tmp_path):
     """Python's max(0.0, nan) is 0.0: a NaN difference must fail however it arises."""
-    path = _onnx_model(tmp_path / "model.onnx", fill=float("nan"))
+    path = write_onnx(tmp_path / "model.onnx", fill=float("nan"))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64 * 64, 8))
     with pytest.raises(FerplusError, match="non-finite scores"):
         verify_onnx(path, model, torch.randn(4, 1, 64, 64))
@@ -216,8 +174,8 @@ def test_export_verification_fails_on_nan(tmp_path):
 
 def test_onnx_control_flow_and_fixed_batches_are_refused(synthetic_data, tmp_path, capsys):
     cases = {
-        _onnx_model(tmp_path / "loop.onnx", loop=True): "holds control flow (Loop)",
-        _onnx_model(tmp_path / "batch1.onnx", batch=1): "expected one input Input3 float [N, 1, 64, 64]",
+        write_onnx(tmp_path / "loop.onnx", loop=3): "holds control flow (Loop)",
+        write_onnx(tmp_path / "batch1.onnx", batch=1): "expected one input Input3 float [N, 1, 64, 64]",
     }
     for path, message in cases.items():
         assert run_script("evaluate", path, "-d", synthetic_data, "--output", tmp_path / "out") == 2
@@ -226,7 +184,7 @@ def test_onnx_control_flow_and_fixed_batches_are_refused(synthetic_data, tmp_pat
 
 
 def test_onnx_metadata_is_parsed_defensively(tmp_path):
-    path = _onnx_model(tmp_path / "model.onnx", metadata={"epoch": "²", "model": "١٢", "mode": "7"})
+    path = write_onnx(tmp_path / "model.onnx", metadata={"epoch": "²", "model": "١٢", "mode": "7"})
     assert OnnxModel(path).metadata == {"epoch": "²", "model": "١٢", "mode": 7}
 
 
@@ -249,7 +207,7 @@ def test_onnx_metadata_is_parsed_defensively(tmp_path):
     ],
 )
 def test_odd_checkpoint_fields_are_one_line_errors(changes, field, tmp_path):
-    path = save_with_digest(tmp_path / "best.pt", tiny_state(**changes))
+    path = write_checkpoint_fields(tmp_path / "best.pt", **changes)
     with pytest.raises(FerplusError) as raised:
         load_checkpoint(path)
     assert str(raised.value) == f"{path}: not a usable checkpoint: {field}"
@@ -259,7 +217,7 @@ def test_odd_checkpoint_fields_are_one_line_errors(changes, field, tmp_path):
 def test_odd_checkpoints_are_refused_by_every_tool(script, synthetic_data, tmp_path, photo, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    path = save_with_digest(run / "last.pt", tiny_state(history=[1, 2], best_val_accuracy=None))
+    path = write_checkpoint_fields(run / "last.pt", history=[1, 2], best_val_accuracy=None)
     argv = {
         "evaluate": [path, "-d", synthetic_data, "--device", "cpu"],
         "predict": ["--model", path, "--no-detect", photo],
@@ -410,9 +368,6 @@ def test_reproduce_advice_after_ctrl_c_names_its_own_command(synthetic_data, tmp
 
 # ---------------------------------------------------------------------------------------------
 # Paths the terminal cannot show
-
-#: A name with a character ASCII lacks and a byte that is not UTF-8 (kept by Python as a surrogate).
-ODD_NAME = "dätä-" + os.fsdecode(b"\xff")
 
 # Each tool in turn, in one process, its streams strict again before each: every tool must make
 # its own output safe. Prints one JSON line: {tool: [exit status or exception name, stderr]}.

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .errors import FerplusError
-from .fer_format import CROP_SIZE, NUM_EMOTIONS
+from .fer_format import CROP_SIZE
 from .fileio import atomic_write
 from .scorers import BATCH_AXIS_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModel
 
