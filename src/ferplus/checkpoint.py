@@ -29,6 +29,11 @@ DIGEST_KEY = "sha256"
 REQUIRED_KEYS = ("model", "mode", "model_state")
 #: What a checkpoint (and an ONNX export's metadata) says about its network.
 INFO_KEYS = ("model", "mode", "epoch")
+#: Fields of the epoch records in ``history`` that are always finite numbers (``test_accuracy`` is
+#: one only at new best validation epochs, else None).
+HISTORY_NUMBERS = (
+    "epoch", "train_loss", "train_accuracy", "val_accuracy", "lr", "seconds", "train_seconds", "train_images",
+)
 
 PathLike = Union[str, os.PathLike]
 
@@ -165,11 +170,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-#: Fields of the epoch records in ``history`` that are always finite numbers (``test_accuracy`` is
-#: one only at new best validation epochs, else None).
-HISTORY_NUMBERS = (
-    "epoch", "train_loss", "train_accuracy", "val_accuracy", "lr", "seconds", "train_seconds", "train_images",
-)
 #: What each field holds, where present: a file whose digest is right may still have been made by
 #: another program, and a field of the wrong type would surface later as a traceback.
 SCHEMA: Dict[str, Callable[[str, Any], Optional[str]]] = {
