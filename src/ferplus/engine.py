@@ -221,8 +221,10 @@ def _check_config(config: TrainConfig) -> None:
         raise FerplusError("--max-epochs must be at least 0 and --batch-size at least 1")
     if not (0 <= config.momentum < 1):
         raise FerplusError(f"--momentum {config.momentum}: the momentum must be in [0, 1)")
-    if not 0 <= config.seed < MAX_SEED:
-        raise FerplusError(f"--seed {config.seed}: the seed must be a whole number in [0, 2**63)")
+    if config.seed < 0:
+        raise FerplusError(f"--seed {config.seed}: the seed must be a non-negative integer")
+    if config.seed >= MAX_SEED:
+        raise FerplusError(f"--seed {config.seed}: the seed must be below 2**63")
     if not 0 < config.lr <= MAX_LR:
         raise FerplusError(f"--lr {config.lr}: the learning rate must be a positive number up to {MAX_LR:g}")
     if not Path(config.base_folder).is_dir():
