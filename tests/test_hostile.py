@@ -422,3 +422,14 @@ def test_a_run_in_an_unprintable_folder_finishes(synthetic_data, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], capture_output=True, env=env)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     assert b"run folder: " in result.stdout and (run / "results.json").is_file()
+
+
+def test_onnx_files_under_an_undecodable_path_work(synthetic_data, tmp_path, capsys):
+    """onnxruntime and the ONNX checker open files by a text path, which a 0xff byte breaks."""
+    folder = tmp_path / ODD_NAME
+    folder.mkdir()
+    checkpoint = folder / "best.pt"
+    save_checkpoint(checkpoint, tiny_state())
+    assert run_script("export_onnx", checkpoint, folder / "model.onnx") == 0
+    assert run_script("evaluate", folder / "model.onnx", "-d", synthetic_data) == 0
+    assert (folder / "eval_model_onnx_test.json").is_file()

@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import FerplusError
 from .fer_format import CROP_SIZE
-from .fileio import atomic_write
+from .fileio import atomic_write, read_regular_file
 from .scorers import BATCH_AXIS_NAME, INPUT_NAME, OUTPUT_NAME, OnnxModel
 
 PathLike = Union[str, os.PathLike]
@@ -56,7 +56,9 @@ def verify_onnx(path: PathLike, model: nn.Module, inputs: torch.Tensor, name: Op
     path = Path(path)
     name = name or path
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        # Checked as a loaded model, not by path: the checker's own file opening fails on a path
+        # that is not valid text (a byte like 0xff in a folder's name).
+        onnx.checker.check_model(onnx.load_from_string(read_regular_file(path)), full_check=True)
     except Exception as e:  # the checker's errors are not a public type
         raise FerplusError(f"{name}: ONNX checker rejected the export: {e}", exit_code=1) from None
     batches = (inputs, inputs[:1])

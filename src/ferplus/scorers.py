@@ -18,6 +18,7 @@ from torch import nn
 from .checkpoint import describe, load_model
 from .errors import FerplusError
 from .fer_format import CROP_SIZE, NUM_EMOTIONS
+from .fileio import read_regular_file
 from .runtime import EVAL_BATCH_SIZE, ScoreFn, predict_scores, resolve_device
 
 PathLike = Union[str, os.PathLike]
@@ -84,11 +85,17 @@ class OnnxModel:
         self.name = Path(name) if name is not None else self.path
         if not self.path.is_file():
             raise FerplusError(f"{self.name}: no such ONNX file")
-        _refuse_control_flow(self.path, self.name)
+        # Read here and passed as bytes: onnxruntime's own file opening fails on a path that is
+        # not valid text (a byte like 0xff in a folder's name).
+        try:
+            data = read_regular_file(self.path)
+        except OSError as e:
+            raise FerplusError(f"{self.name}: cannot be read ({e.strerror or e})") from None
+        _refuse_control_flow(data, self.name)
         try:
             options = onnxruntime.SessionOptions()
             options.log_severity_level = ORT_LOG_FATAL_ONLY  # failures surface as exceptions, not log lines
-            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own untyped errors for bad files
             raise FerplusError(f"{self.name}: not a readable ONNX model ({type(e).__name__}: {e})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -121,13 +128,13 @@ class OnnxModel:
         return check_finite(torch.from_numpy(scores), self.name)
 
 
-def _refuse_control_flow(path: Path, name: Path) -> None:
-    """A :class:`FerplusError` when the ONNX graph of ``path`` (its subgraphs and functions
-    included) holds a control-flow operator; an unparsable file is left to onnxruntime to report."""
+def _refuse_control_flow(data: bytes, name: Path) -> None:
+    """A :class:`FerplusError` naming ``name`` when the ONNX graph ``data`` (its subgraphs and
+    functions included) holds a control-flow operator; an unparsable file is left to onnxruntime."""
     import onnx  # only ONNX users pay for importing it
 
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load_from_string(data)
     except Exception:  # not a model protobuf: the session's own error is more telling
         return
     graphs = [proto.graph]
