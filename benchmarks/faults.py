@@ -5,7 +5,7 @@
     python benchmarks/faults.py --generator-kills 20 --train-kills 20 --fuzz 500 --seed 1
 
 Every program runs as a real process (``python <script>.py ...``), on small synthetic data in a
-temporary folder that is deleted afterwards. Six parts:
+temporary folder that is deleted afterwards. The parts:
 
 ``generator kill``
     ``generate_training_data.py`` over an existing output is killed with SIGKILL just before each
@@ -34,6 +34,22 @@ temporary folder that is deleted afterwards. Six parts:
     A name that is not one plain file name of its split (``../``, absolute paths, ``./x.png``,
     backslashes, NUL, ...) goes into a ``label.csv``; ``train.py -e 0`` or ``export_labels.py
     --imagefolder`` must refuse it in one line and write nothing.
+``hostile model``
+    ``evaluate.py``, ``predict.py`` and ``export_onnx.py`` on model files that pass a first look:
+    checkpoints with a right digest but odd field types, ONNX files with a ``Loop`` of 2**40
+    iterations, a fixed batch size, other tensor names or metadata such as ``"²"``.
+``special output``
+    ``export_onnx.py``, ``evaluate.py`` and ``predict.py --annotate`` writing where a FIFO, a
+    socket, a folder or a device node is (as root), or onto their own input (a hard or a symbolic
+    link to it). The file there must stay what it was, and the input unchanged.
+``odd path``
+    Every tool on paths holding a byte that is not UTF-8 and a character ASCII lacks, under
+    ``PYTHONIOENCODING=ascii`` and ``utf-8``: runs on such paths that exist must succeed, missing
+    ones must be one ``error:`` line.
+``non-finite model``
+    The three model tools on checkpoints with NaN weights or scores that overflow to infinity, and
+    ONNX files whose scores are NaN or infinite (for some crops only, too). Exit 0 with a
+    non-finite figure printed or written counts as ``other``.
 
 Each case ends as one of: handled (one ``error:`` line with exit 2, or exit 0 with valid
 results), traceback (exit 1 or a signal, or a traceback printed), hang (killed after
@@ -51,6 +67,8 @@ import os
 import select
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -61,13 +79,16 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
-from ferplus.checkpoint import DIGEST_KEY
-from ferplus.data import read_data_folder, read_folder
+from ferplus.checkpoint import DIGEST_KEY, FORMAT, content_digest
+from ferplus.data import read_folder
 from ferplus.errors import FerplusError
-from ferplus.fer_format import LABEL_FILE, SPLIT_FOLDERS, USAGE_FOLDERS
+from ferplus.fer_format import CROP_SIZE, LABEL_FILE, NUM_EMOTIONS, SPLIT_FOLDERS, USAGE_FOLDERS
+from ferplus.models import create_model
 from ferplus.pack import PACK_FILE
 from ferplus.prepare import RUN_LOCK, generate_training_data, recover
+from ferplus.scorers import INPUT_NAME, OUTPUT_NAME
 from ferplus.synthetic import write_sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,8 +163,10 @@ class Run:
 
 
 def run_child(script: Path, argv: Sequence[object], timeout: float, *, kill_at: int = 0,
-              kill_after: Optional[float] = None, patch: str = "", scratch: Path) -> Run:
-    """Run ``script argv`` as a process; kill it at its ``kill_at``-th rename or ``kill_after`` s after start-up."""
+              kill_after: Optional[float] = None, patch: str = "", scratch: Path,
+              env: Optional[Dict[str, str]] = None) -> Run:
+    """Run ``script argv`` as a process (``env`` added to its environment); kill it at its
+    ``kill_at``-th rename or ``kill_after`` s after start-up."""
     marker = f"{os.getpid()}-{time.monotonic_ns()}"
     ready_r, ready_w = os.pipe()
     out_path, err_path = scratch / "stdout", scratch / "stderr"
@@ -151,7 +174,8 @@ def run_child(script: Path, argv: Sequence[object], timeout: float, *, kill_at: 
         proc = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(script), str(kill_at), str(ready_w), patch, *map(str, argv)],
             stdout=out, stderr=err, pass_fds=(ready_w,),
-            env={**os.environ, TRIAL_ENV: marker, "FERPLUS_FAULT_MEMORY": str(CHILD_MEMORY), "PYTHONPATH": SRC},
+            env={**os.environ, **(env or {}), TRIAL_ENV: marker, "FERPLUS_FAULT_MEMORY": str(CHILD_MEMORY),
+                 "PYTHONPATH": SRC},
         )
     os.close(ready_w)
     ready, _, _ = select.select([ready_r], [], [], timeout)  # also readable when the child died early
@@ -778,7 +802,280 @@ def hostile_names(work: Path, cases: int, rng: np.random.Generator, timeout: flo
         if result == "handled":
             tally.events[f"{tool}: refused in one line"] += 1
         tally.add(result, f"{tool}: {name!r} in {folder.name}/{LABEL_FILE} line {row + 1}", run.leftovers, detail)
+# Hostile model files, output targets, paths and non-finite models
+
+EVALUATOR, PREDICTOR, EXPORTER = ROOT / "evaluate.py", ROOT / "predict.py", ROOT / "export_onnx.py"
+TINY_MODEL = "vgg13_tiny"
+#: A name with a character ASCII lacks and a byte that is not UTF-8 (a surrogate once decoded).
+ODD_NAME = "dätä-" + os.fsdecode(b"\xff")
+
+
+def write_onnx(path: Path, *, batch: Any = "N", fill: float = 0.5, loop: int = 0, log: bool = False,
+               names: Tuple[str, str] = (INPUT_NAME, OUTPUT_NAME), metadata: Optional[Dict[str, str]] = None) -> Path:
+    """An ONNX file with the toolkit's interface but another graph: scores = mean(input) * ``fill``
+    (of ``log(mean)`` with ``log``: NaN for dark crops), through a ``Loop`` of ``loop`` iterations if any."""
+    from onnx import TensorProto, helper, save
+
+    nodes = [helper.make_node("ReduceMean", [names[0]], ["mean"], axes=[2, 3], keepdims=0)]
+    if log:
+        nodes.append(helper.make_node("Log", ["mean"], ["mean_log"]))
+    nodes.append(helper.make_node("Mul", ["mean_log" if log else "mean", "fill"], ["scores"]))
+    initializers = [helper.make_tensor("fill", TensorProto.FLOAT, [1, NUM_EMOTIONS], [fill] * NUM_EMOTIONS)]
+    result = "scores"
+    if loop:
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["v_in"], ["v_out"])],
+            "body",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None)],
+        )
+        initializers += [helper.make_tensor("trips", TensorProto.INT64, [], [loop]),
+                         helper.make_tensor("go", TensorProto.BOOL, [], [True])]
+        nodes.append(helper.make_node("Loop", ["trips", "go", "scores"], ["looped"], body=body))
+        result = "looped"
+    nodes.append(helper.make_node("Identity", [result], [names[1]]))
+    graph = helper.make_graph(
+        nodes, "hostile", [helper.make_tensor_value_info(names[0], TensorProto.FLOAT, [batch, 1, CROP_SIZE, CROP_SIZE])],
+        [helper.make_tensor_value_info(names[1], TensorProto.FLOAT, [batch, NUM_EMOTIONS])], initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # read by every onnxruntime this toolkit supports
+    helper.set_model_props(model, metadata or {})
+    save(model, str(path))
+    return path
+
+
+def write_checkpoint_fields(path: Path, **changes: Any) -> Path:
+    """An untrained vgg13_tiny checkpoint with ``changes`` to its fields, under a right digest:
+    a file another program could have written."""
+    torch.manual_seed(0)
+    payload = {"format": FORMAT, "model": TINY_MODEL, "mode": "majority",
+               "model_state": create_model(TINY_MODEL).state_dict(), "epoch": 0, **changes}
+    payload[DIGEST_KEY] = content_digest(payload)
+    torch.save(payload, path)
+    return path
+
+
+def _scaled_weights(factor: float, nan: bool = False) -> Dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    weights = {k: v * factor if v.is_floating_point() else v for k, v in create_model(TINY_MODEL).state_dict().items()}
+    if nan:
+        first = next(k for k, v in weights.items() if v.is_floating_point())
+        weights[first] = torch.full_like(weights[first], float("nan"))
+    return weights
+
+
+#: Model files with the right form but the wrong insides: name -> maker(path).
+HOSTILE_MODELS: Dict[str, Callable[[Path], Path]] = {
+    "checkpoint: model a list": lambda p: write_checkpoint_fields(p.with_suffix(".pt"), model=["vgg13"]),
+    "checkpoint: model_state a list": lambda p: write_checkpoint_fields(p.with_suffix(".pt"), model_state=[1, 2]),
+    "checkpoint: a weight a list": lambda p: write_checkpoint_fields(p.with_suffix(".pt"), model_state={"w": [1.0]}),
+    "checkpoint: epoch a string": lambda p: write_checkpoint_fields(p.with_suffix(".pt"), epoch="3"),
+    "checkpoint: history an int": lambda p: write_checkpoint_fields(p.with_suffix(".pt"), history=5),
+    "checkpoint: history of strings": lambda p: write_checkpoint_fields(p.with_suffix(".pt"), history=["a", "b"]),
+    "checkpoint: best_val_accuracy None": lambda p: write_checkpoint_fields(p.with_suffix(".pt"), best_val_accuracy=None),
+    "checkpoint: ragged confusion": lambda p: write_checkpoint_fields(p.with_suffix(".pt"), test_confusion=[[1, 2]]),
+    "onnx: Loop of 2**40": lambda p: write_onnx(p.with_suffix(".onnx"), loop=2**40),
+    "onnx: batch fixed at 1": lambda p: write_onnx(p.with_suffix(".onnx"), batch=1),
+    "onnx: metadata epoch '²'": lambda p: write_onnx(p.with_suffix(".onnx"), metadata={"epoch": "²", "mode": "٣"}),
+    "onnx: other tensor names": lambda p: write_onnx(p.with_suffix(".onnx"), names=("x", "y")),
+    "onnx: random bytes": lambda p: _written(p.with_suffix(".onnx"), np.random.default_rng(0).bytes(4096)),
+}
+#: Models whose scores are not finite: name -> maker(path).
+NON_FINITE_MODELS: Dict[str, Callable[[Path], Path]] = {
+    "checkpoint: NaN weights": lambda p: write_checkpoint_fields(p.with_suffix(".pt"), model_state=_scaled_weights(1, True)),
+    "checkpoint: scores overflow to inf": lambda p: write_checkpoint_fields(
+        p.with_suffix(".pt"), model_state=_scaled_weights(1e30)),
+    "onnx: NaN scores": lambda p: write_onnx(p.with_suffix(".onnx"), fill=float("nan")),
+    "onnx: infinite scores": lambda p: write_onnx(p.with_suffix(".onnx"), fill=float("inf")),
+    "onnx: NaN for dark crops": lambda p: write_onnx(p.with_suffix(".onnx"), log=True),
+}
+
+
+def _written(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@dataclass
+class ToolKit:
+    """What the model-file parts run the tools on: a tiny prepared data folder, a face crop and a checkpoint."""
+
+    data: Path
+    photo: Path
+    checkpoint: Path
+
+
+def _toolkit(work: Path) -> ToolKit:
+    data = work / "data"
+    generate_training_data(data, *write_sample(work / "csv", per_split=PER_SPLIT // 4, seed=5), progress=False)
+    photo = next((data / SPLIT_FOLDERS["test"]).glob("*.png"))
+    checkpoint = write_checkpoint_fields(work / "best.pt")
+    return ToolKit(data, photo, checkpoint)
+
+
+def _model_commands(kit: ToolKit, model: Path, out: Path) -> Dict[str, Tuple[Path, List[object]]]:
+    """Each tool that reads a model file, run on ``model`` and writing under ``out``."""
+    commands = {
+        "evaluate": (EVALUATOR, [model, "-d", kit.data, "--device", "cpu", "--output", out]),
+        "predict": (PREDICTOR, ["--model", model, "--no-detect", "--json", kit.photo]),
+    }
+    if model.suffix == ".pt":
+        commands["export_onnx"] = (EXPORTER, [model, out / "model.onnx"])
+    return commands
+
+
+def _model_cases(name: str, makers: Dict[str, Callable[[Path], Path]], work: Path, cases: int,
+                 timeout: float) -> Tally:
+    """Run every tool that reads a model on each of ``makers``' files in turn; exit 0 must print
+    only finite figures."""
+    tally = Tally(name)
+    if cases == 0:
+        return tally
+    kit, scratch = _toolkit(work), work / "scratch"
+    scratch.mkdir()
+    plan = [(kind, tool) for kind in makers for tool in ("evaluate", "predict", "export_onnx")]
+    plan = [(kind, tool) for kind, tool in plan if tool != "export_onnx" or kind.startswith("checkpoint")]
+    for i in range(cases):
+        kind, tool = plan[i % len(plan)]
+        case_dir = work / f"case{i}"
+        case_dir.mkdir()
+        model = makers[kind](case_dir / "model")
+        script, argv = _model_commands(kit, model, case_dir / "out")[tool]
+        run = run_child(script, argv, timeout, scratch=scratch)
+        result = outcome(run, script.name)
+        if result == "handled" and run.code == 0:
+            written = "".join(p.read_text(errors="replace") for p in (case_dir / "out").glob("*.json"))
+            if "nan" in (run.stdout + written).lower() or "infinity" in (run.stdout + written).lower():
+                result = "other"  # a non-finite figure accepted silently
+            else:
+                tally.events[f"exit 0: {kind} used as it is"] += 1
+        elif result == "handled":
+            tally.events["exit 2 with one line"] += 1
+        tally.add(result, f"{tool} on {kind}", run.leftovers, run.stderr.strip()[-300:])
         shutil.rmtree(case_dir)
+    return tally
+
+
+def hostile_models(work: Path, cases: int, rng: np.random.Generator, timeout: float) -> Tally:
+    """evaluate, predict and export_onnx on model files that pass a first look: odd checkpoint
+    fields under a right digest, ONNX files with control flow, a fixed batch or odd metadata."""
+    return _model_cases("hostile model", HOSTILE_MODELS, work, cases, timeout)
+
+
+def non_finite_models(work: Path, cases: int, rng: np.random.Generator, timeout: float) -> Tally:
+    """evaluate, predict and export_onnx on models whose scores are NaN or infinite."""
+    return _model_cases("non-finite model", NON_FINITE_MODELS, work, cases, timeout)
+
+
+def _make_target(kind: str, path: Path, kit: ToolKit) -> None:
+    """Put a ``kind`` of file at ``path``, where a tool is about to write."""
+    if kind == "FIFO":
+        os.mkfifo(path)
+    elif kind == "socket":
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "device":  # a copy of /dev/null, where the process may make one (as root)
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    elif kind == "the input":
+        os.link(kit.checkpoint, path)
+    elif kind == "a link to the input":
+        path.symlink_to(kit.checkpoint)
+
+
+def _target_kinds() -> List[str]:
+    kinds = ["FIFO", "socket", "folder", "the input", "a link to the input"]
+    return kinds + (["device"] if os.geteuid() == 0 else [])
+
+
+def special_outputs(work: Path, cases: int, rng: np.random.Generator, timeout: float) -> Tally:
+    """Tools writing where a FIFO, socket, folder or device node is, or onto their own input:
+    one line and exit 2, with the file there and the input unchanged."""
+    tally = Tally("special output")
+    if cases == 0:
+        return tally
+    kit, scratch = _toolkit(work), work / "scratch"
+    scratch.mkdir()
+    checkpoint_bytes = kit.checkpoint.read_bytes()
+    kinds = _target_kinds()
+    # predict.py writing over its own photo is another part's: here it meets the special files only.
+    plan = [(tool, kind) for tool in ("export_onnx", "evaluate", "predict --annotate") for kind in kinds
+            if not (tool.startswith("predict") and "input" in kind)]
+    for i in range(cases):
+        tool, kind = plan[i % len(plan)]
+        out = work / f"case{i}"
+        out.mkdir()
+        if tool == "export_onnx":
+            target = out / "model.onnx"
+            script, argv = EXPORTER, [kit.checkpoint, target]
+        elif tool == "evaluate":
+            target = out / f"eval_{kit.checkpoint.stem}_test.json"
+            script, argv = EVALUATOR, [kit.checkpoint, "-d", kit.data, "--device", "cpu", "--output", out]
+        else:
+            target = out / kit.photo.name
+            script, argv = PREDICTOR, ["--model", kit.checkpoint, "--no-detect", "--annotate", out, kit.photo]
+        _make_target(kind, target, kit)
+        mode = os.lstat(target).st_mode
+        run = run_child(script, argv, timeout, scratch=scratch)
+        result = "other" if run.code == 0 else outcome(run, script.name)  # exit 0: written somewhere
+        if os.lstat(target).st_mode != mode or kit.checkpoint.read_bytes() != checkpoint_bytes:
+            result = "data lost"
+        if result == "handled":
+            tally.events[f"refused: {kind}"] += 1
+        tally.add(result, f"{tool} onto {kind}", run.leftovers, run.stderr.strip()[-300:])
+        shutil.rmtree(out)
+    return tally
+
+
+def odd_paths(work: Path, cases: int, rng: np.random.Generator, timeout: float) -> Tally:
+    """Every tool on paths that the terminal cannot show (a non-UTF-8 byte, a character ASCII
+    lacks), under a UTF-8 and an ASCII output encoding: working runs finish, failing ones say so
+    in one line."""
+    tally = Tally("odd path")
+    if cases == 0:
+        return tally
+    kit, scratch = _toolkit(work), work / "scratch"
+    scratch.mkdir()
+    odd = work / ODD_NAME
+    shutil.copytree(kit.data, odd / "data")
+    shutil.copy(kit.checkpoint, odd / "best.pt")
+    shutil.copy(kit.photo, odd / "face.png")
+    missing = odd / "missing"
+    commands: Dict[str, Tuple[Path, List[object]]] = {
+        "train": (TRAINER, ["-d", odd / "data", "--model", TINY_MODEL, "-e", "1", "--device", "cpu"]),
+        "train (missing data)": (TRAINER, ["-d", missing, "--device", "cpu"]),
+        "generate (missing csv)": (GENERATOR, ["-d", odd / "gen", "-fer", missing / "fer2013.csv"]),
+        "evaluate": (EVALUATOR, [odd / "best.pt", "-d", odd / "data", "--device", "cpu"]),
+        "evaluate (missing model)": (EVALUATOR, [missing / "best.pt", "-d", odd / "data"]),
+        "predict": (PREDICTOR, ["--model", odd / "best.pt", "--no-detect", "--annotate", odd / "annotated",
+                                odd / "face.png"]),
+        "predict (missing photo)": (PREDICTOR, ["--model", odd / "best.pt", missing / "face.png"]),
+        "export_onnx": (EXPORTER, [odd / "best.pt", odd / "model.onnx"]),
+        "reproduce (missing data)": (ROOT / "reproduce.py", ["-d", missing, "--seeds", "1", "--device", "cpu"]),
+        "export_labels": (ROOT / "export_labels.py", ["-d", odd / "data", "--csv", odd / "labels", "--overwrite"]),
+        "export_labels (missing data)": (ROOT / "export_labels.py", ["-d", missing, "--csv", odd / "labels2"]),
+    }
+    names = list(commands)
+    for i in range(cases):
+        name, encoding = names[i % len(names)], ("ascii", "utf-8")[(i // len(names)) % 2]
+        script, argv = commands[name]
+        run = run_child(script, argv, timeout, scratch=scratch, env={"PYTHONIOENCODING": encoding})
+        result = outcome(run, script.name)
+        if name == "predict (missing photo)" and run.code == 1 and "Traceback" not in run.stderr:
+            result = "handled"  # predict.py: a warning per image it could not read, then exit 1 (documented)
+        elif result == "handled" and (run.code == 0) == ("missing" in name):
+            result = "other"  # a working run that failed, or a missing path that was not reported
+        if result == "handled":
+            tally.events[f"exit {run.code}"] += 1
+        tally.add(result, f"{name} under {encoding}", run.leftovers, run.stderr.strip()[-300:])
+        shutil.rmtree(odd / "run", ignore_errors=True)
+        shutil.rmtree(odd / "data" / "models", ignore_errors=True)
     return tally
 
 
@@ -806,6 +1103,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--readers", type=int, default=4,
                         help="reads of a data folder that another process regenerates meanwhile")
     parser.add_argument("--hostile-names", type=int, default=4, help="label.csv files with a name that is not plain")
+    parser.add_argument("--hostile-models", type=int, default=20,
+                        help="tool runs on checkpoints with odd fields and ONNX files beyond the interface")
+    parser.add_argument("--special-outputs", type=int, default=20,
+                        help="tool runs writing onto a FIFO, socket, folder, device or their own input")
+    parser.add_argument("--odd-paths", type=int, default=22,
+                        help="tool runs on paths with a non-UTF-8 byte and a non-ASCII character")
+    parser.add_argument("--non-finite", type=int, default=20, help="tool runs on models with NaN or infinite scores")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds after which a run counts as hung")
     parser.add_argument("--json", type=Path, help="also write the table and the notes as JSON here")
@@ -813,12 +1117,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> List[Tally]:
-    """Run the six parts and print the table, then a note per case that was not handled."""
+    """Run the parts and print the table, then a note per case that was not handled."""
     rng = np.random.default_rng(args.seed)
     parts = (
         (generator_kills, args.generator_kills), (train_kills, args.train_kills),
         (fer_csv_fuzz, args.fuzz), (label_csv_fuzz, args.label_fuzz),
         (readers_during_regeneration, args.readers), (hostile_names, args.hostile_names),
+        (hostile_models, args.hostile_models), (special_outputs, args.special_outputs),
+        (odd_paths, args.odd_paths), (non_finite_models, args.non_finite),
     )
     tallies = []
     with tempfile.TemporaryDirectory(prefix="ferplus-faults-") as tmp:

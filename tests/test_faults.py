@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_kills_and_fuzzed_inputs_lose_nothing(tmp_path: Path) -> None:
     table = tmp_path / "faults.json"
     argv = ["--generator-kills", "1", "--fuzz", "6", "--train-kills", "1", "--label-fuzz", "6", "--seed", "0",
+            "--hostile-models", "3", "--special-outputs", "3", "--odd-paths", "3", "--non-finite", "3",
             "--timeout", "120", "--json", str(table)]
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "faults.py"), *argv],
                             capture_output=True, text=True)
@@ -24,5 +25,7 @@ def test_kills_and_fuzzed_inputs_lose_nothing(tmp_path: Path) -> None:
     assert parts["generator kill"]["tried"] == 6 + 1 + 1  # before each of the six renames, after the last, one random instant
     assert parts["train kill"]["tried"] == 1
     assert parts["fer csv fuzz"]["tried"] == parts["label.csv fuzz"]["tried"] == 6
+    for part in ("hostile model", "special output", "odd path", "non-finite model"):
+        assert parts[part]["tried"] == 3
     for row in parts.values():
         assert row["handled"] == row["tried"] and row["leftovers"] == 0, row["notes"]

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -28,6 +29,11 @@ DIGEST_KEY = "sha256"
 REQUIRED_KEYS = ("model", "mode", "model_state")
 #: What a checkpoint (and an ONNX export's metadata) says about its network.
 INFO_KEYS = ("model", "mode", "epoch")
+#: Fields of the epoch records in ``history`` that are always finite numbers (``test_accuracy`` is
+#: one only at new best validation epochs, else None).
+HISTORY_NUMBERS = (
+    "epoch", "train_loss", "train_accuracy", "val_accuracy", "lr", "seconds", "train_seconds", "train_images",
+)
 
 PathLike = Union[str, os.PathLike]
 
@@ -108,9 +114,87 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise FerplusError(f"{path}: not a usable checkpoint: it lacks {', '.join(missing)}")
-    if not isinstance(state["model_state"], dict):
-        raise FerplusError(f"{path}: not a usable checkpoint: its model_state is not a state dict")
+    problem = _schema_problem(state)
+    if problem:
+        raise FerplusError(f"{path}: not a usable checkpoint: {problem}")
     return state
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _history_problem(history: Any) -> Optional[str]:
+    if not isinstance(history, list):
+        return "its history is not a list of epochs"
+    for i, record in enumerate(history):
+        if not isinstance(record, dict):
+            return f"its history[{i}] is not an epoch record"
+        for key in HISTORY_NUMBERS:
+            if not _is_number(record.get(key)):
+                return f"its history[{i}] {key} {_short(record.get(key))} is not a finite number"
+        if record.get("test_accuracy") is not None and not _is_number(record["test_accuracy"]):
+            return f"its history[{i}] test_accuracy {_short(record['test_accuracy'])} is not a finite number"
+    return None
+
+
+def _confusion_problem(matrix: Any) -> Optional[str]:
+    rows_ok = isinstance(matrix, list) and all(
+        isinstance(row, list) and len(row) == len(matrix) and all(_is_int(n) and n >= 0 for n in row) for row in matrix
+    )
+    return None if rows_ok else "its test_confusion is not a square table of counts"
+
+
+def _model_state_problem(model_state: Any) -> Optional[str]:
+    if not isinstance(model_state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model_state.items()
+    ):
+        return "its model_state is not a state dict (names to tensors)"
+    for key, tensor in model_state.items():
+        # NaN or infinite weights score every image as NaN: such a model is broken, not usable.
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"its model_state {key} holds non-finite weights (NaN or infinity)"
+    return None
+
+
+def _checker(test: Callable[[Any], bool], what: str) -> Callable[[str, Any], Optional[str]]:
+    return lambda key, value: None if test(value) else f"its {key} {_short(value)} is not {what}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+#: What each field holds, where present: a file whose digest is right may still have been made by
+#: another program, and a field of the wrong type would surface later as a traceback.
+SCHEMA: Dict[str, Callable[[str, Any], Optional[str]]] = {
+    "model": _checker(lambda v: isinstance(v, str), "a model name"),
+    "mode": _checker(lambda v: isinstance(v, str), "a training mode"),
+    "model_state": lambda key, value: _model_state_problem(value),
+    "epoch": _checker(lambda v: _is_int(v) and v >= 0, "an epoch number"),
+    "config": _checker(lambda v: isinstance(v, dict), "a configuration (a dict)"),
+    "optimizer_state": _checker(lambda v: isinstance(v, dict), "an optimiser state (a dict)"),
+    "history": lambda key, value: _history_problem(value),
+    "best_val_accuracy": _checker(lambda v: _is_number(v) and v <= 1, "an accuracy"),
+    "best_epoch": _checker(lambda v: v is None or (_is_int(v) and v >= 0), "an epoch number"),
+    "test_accuracy": _checker(lambda v: v is None or (_is_number(v) and 0 <= v <= 1), "an accuracy"),
+    "test_confusion": lambda key, value: None if value is None else _confusion_problem(value),
+}
+
+
+def _schema_problem(state: Mapping[str, Any]) -> Optional[str]:
+    """What in a checkpoint's fields is not of the type the trainer writes (naming the field), or None."""
+    for key, check in SCHEMA.items():
+        if key in state:
+            problem = check(key, state[key])
+            if problem:
+                return problem
+    return None
 
 
 def describe(state: Dict[str, Any]) -> Dict[str, Any]:

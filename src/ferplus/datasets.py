@@ -36,9 +36,14 @@ SPLITS = SPLIT_FOLDERS
 def check_split(split: str) -> str:
     """The prepared folder of ``split`` (``valid`` is read as ``val``); a ``ValueError`` naming the choices for an unknown split."""
     split = canonical_split(split)
-    if split not in SPLITS:
+    if not isinstance(split, str) or split not in SPLITS:  # a list is not hashable: TypeError otherwise
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     return SPLITS[split]
+
+
+def check_mode(mode: str) -> None:
+    """A ``ValueError`` naming the choices for an unknown mode (or one that is not a string)."""
+    get_mode(mode if isinstance(mode, str) else repr(mode))
 
 
 class FERPlus(Dataset):
@@ -96,7 +101,7 @@ class FERPlus(Dataset):
         target_transform: Optional[Callable] = None,
     ) -> None:
         folder = Path(root) / check_split(split)
-        get_mode(mode)  # a ValueError naming the choices for an unknown mode
+        check_mode(mode)
         if not folder.is_dir():
             raise FileNotFoundError(
                 f"{folder}: no such folder (prepare it with generate_training_data.py, or use FERPlus.from_csv)"
@@ -120,7 +125,7 @@ class FERPlus(Dataset):
         Raises ``FileNotFoundError`` for a missing file and ``FerplusError`` for a malformed one.
         """
         folder = check_split(split)
-        get_mode(mode)  # a ValueError naming the choices for an unknown mode
+        check_mode(mode)
         for path in (fer_csv, ferplus_csv):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{path}: no such file")

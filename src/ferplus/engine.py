@@ -177,7 +177,8 @@ def format_epoch_line(record: Dict[str, Any]) -> str:
     return line
 
 
-def _final_lines(best_val_accuracy: float, best_epoch: int, test_accuracy: float) -> str:
+def format_final_lines(best_val_accuracy: float, best_epoch: int, test_accuracy: float) -> str:
+    """The last two lines of a finished run's ``train.log``: its best validation epoch and result."""
     return (
         f"best validation accuracy {PERCENT * best_val_accuracy:.2f}% at epoch {best_epoch}\n"
         f"test accuracy at the best validation epoch {PERCENT * test_accuracy:.2f}%\n"
@@ -188,6 +189,12 @@ def _append(path: Path, text: str) -> None:
     # The log is small: rewritten whole and atomically, a full disk never leaves half a line.
     old = path.read_text()
     atomic_write(path, lambda tmp: Path(tmp).write_text(old + text))
+
+
+#: torch.manual_seed takes the seed as a 64-bit integer: below 2**63 it fits a signed one too.
+MAX_SEED = 2**63
+#: Far above any useful rate, and far below float32's limit (3.4e38), where 1e39 becomes inf.
+MAX_LR = 1e6
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -205,8 +212,10 @@ def _check_config(config: TrainConfig) -> None:
         raise FerplusError(f"--momentum {config.momentum}: the momentum must be in [0, 1)")
     if config.seed < 0:
         raise FerplusError(f"--seed {config.seed}: the seed must be a non-negative integer")
-    if not (config.lr > 0 and math.isfinite(config.lr)):
-        raise FerplusError(f"--lr {config.lr}: the learning rate must be a positive number")
+    if config.seed >= MAX_SEED:
+        raise FerplusError(f"--seed {config.seed}: the seed must be below 2**63")
+    if not 0 < config.lr <= MAX_LR:
+        raise FerplusError(f"--lr {config.lr}: the learning rate must be a positive number up to {MAX_LR:g}")
     if not Path(config.base_folder).is_dir():
         raise FerplusError(f"{config.base_folder}: no such data folder")
     if config.tensorboard:
@@ -573,7 +582,7 @@ def _train(
         "history": history,
     }
     if main:
-        final_lines = _final_lines(best["best_val_accuracy"], best["best_epoch"], best["test_accuracy"])
+        final_lines = format_final_lines(best["best_val_accuracy"], best["best_epoch"], best["test_accuracy"])
         _append(log_path, final_lines)
         print(final_lines + f"run folder: {output}", flush=True)
         write_json(output / RESULTS_FILE, results)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import errno
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 #: Exit status for problems the user can fix (bad input, bad flags), as argparse uses.
 EXIT_USAGE = 2
@@ -15,6 +16,8 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 #: File-system errors that mean the disk (or the user's quota) is full.
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+#: What torch's CPU allocator says when an allocation fails.
+_CPU_ALLOCATION_FAILED = "DefaultCPUAllocator: can't allocate memory"
 
 
 class FerplusError(Exception):
@@ -32,7 +35,42 @@ def _out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` says the host or the GPU ran out of memory."""
     torch = sys.modules.get("torch")  # only a process that loaded torch can run out of GPU memory
     gpu_error = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    return isinstance(error, MemoryError) or (gpu_error is not None and isinstance(error, gpu_error))
+    # torch's CPU allocator reports a failed allocation as a plain RuntimeError.
+    cpu_error = isinstance(error, RuntimeError) and _CPU_ALLOCATION_FAILED in str(error)
+    return isinstance(error, MemoryError) or cpu_error or (gpu_error is not None and isinstance(error, gpu_error))
+
+
+#: The error handler of stdout and stderr (see :func:`make_output_safe`).
+SAFE_ERRORS = "ferplus-escape"
+
+
+def _escape(error: UnicodeError) -> Tuple[str, int]:
+    """``\\xff`` for a byte of a file name that was not text (Python keeps it as a surrogate),
+    ``\\xe4`` / ``\\u2212`` for a character the stream's encoding lacks."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start:error.end]
+    return "".join(
+        f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c.encode("ascii", "backslashreplace").decode()
+        for c in text
+    ), error.end
+
+
+codecs.register_error(SAFE_ERRORS, _escape)
+
+
+def make_output_safe() -> None:
+    """Let stdout and stderr print any text: characters their encoding lacks (``ä`` under
+    ``PYTHONIOENCODING=ascii``) and the undecodable bytes of a file name (``\\xff``) come out
+    as backslash escapes instead of raising ``UnicodeEncodeError``.
+
+    A path is printed in nearly every message, so a print that can fail would stop a run before
+    its results were written; this is the one place every tool's output goes through.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # None for a replaced stream without it
+        if reconfigure is not None:
+            reconfigure(errors=SAFE_ERRORS)
 
 
 def run_cli(
@@ -46,8 +84,10 @@ def run_cli(
     ``OSError`` from the file system is reported the same way, naming the path: exit status 1
     for a full disk, 2 for the rest (a path that cannot be written, say). Running out of memory
     is one line and exit status 1. Ctrl-C exits with 130 without a traceback, with the
-    interrupted program's advice on going on, if it gave one.
+    interrupted program's advice on going on, if it gave one. Printing never fails on a path
+    (see :func:`make_output_safe`).
     """
+    make_output_safe()
     args = parser.parse_args(argv)
     try:
         main(args)

@@ -10,8 +10,8 @@ import numpy as np
 
 from .data import EvalSet, read_folder
 from .errors import FerplusError
-from .fer_format import SPLIT_FOLDERS, canonical_split
-from .fileio import write_json
+from .fer_format import LABEL_FILE, SPLIT_FOLDERS, canonical_split
+from .fileio import refuse_input, write_json
 from .metrics import PERCENT, format_confusion, summarize
 from .runtime import confusion_matrix
 from .checkpoint import INFO_KEYS
@@ -69,6 +69,8 @@ def evaluate_model_file(
     folder = Path(data_folder) / SPLIT_FOLDERS[split]
     output = Path(output) if output is not None else model_path.parent
     paths = result_paths(output, model_path, split, evaluation_label(data_folder, label))
+    for path in paths.values():
+        refuse_input(path, [model_path, folder / LABEL_FILE])
 
     # Load the model before the data: a wrong model path should fail fast.
     scorer, info = load_scorer(model_path, device)

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Collection, Dict, List, Optional, Union
 
+from .errors import FerplusError
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -40,9 +42,12 @@ def atomic_write(path: PathLike, write: Callable[[str], Any]) -> None:
     A reader (or a run killed midway) sees either the old file or the new one, never half of one;
     the new file gets the mode ``open()`` would have given it under the process's umask.
     A file-system error while writing (a full disk, say) leaves the old file and no temporary
-    one, and is raised as an ``OSError`` that names ``path`` itself.
+    one, and is raised as an ``OSError`` that names ``path`` itself. A ``path`` that exists and is
+    not a regular file (a folder, a device, a FIFO, a socket) is refused before anything is
+    written: renaming over it would replace ``/dev/full`` with a file, say.
     """
     path = Path(path)
+    _refuse_special(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,6 +64,35 @@ def atomic_write(path: PathLike, write: Callable[[str], Any]) -> None:
             # keeps the subclass: ENOSPC stays an OSError, EACCES a PermissionError).
             raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
+
+
+def _refuse_special(path: Path) -> None:
+    """Raise ``OSError`` naming ``path`` when it exists and is not a regular file (a link to one is fine)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a new file, or a parent that is not a folder (mkdir reports that one)
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file to write", str(path))
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, "not a regular file: refusing to replace it", str(path))
+
+
+def refuse_input(output: PathLike, inputs: Collection[PathLike], flag: str = "") -> None:
+    """Raise :class:`~ferplus.errors.FerplusError` when ``output`` is one of ``inputs`` (the same
+    file by device and inode, hard links and other spellings included).
+
+    Every tool calls this before it writes, so that no tool ever writes over a file it reads.
+    ``flag`` names the option that gave ``output`` in the message (e.g. ``--output``).
+    """
+    for source in inputs:
+        try:
+            same = os.path.samefile(output, source)
+        except OSError:  # either one does not exist (yet): they cannot be the same file
+            same = False
+        if same:
+            where = f"{flag} " if flag else ""
+            raise FerplusError(f"{where}{output}: is the input {source}; write the output to another file")
 
 
 def remove_stale_temporaries(folder: PathLike, names: Collection[str]) -> None:

@@ -40,7 +40,8 @@ def read_image_file(path: os.PathLike, flags: int) -> np.ndarray:
     """Decode the image file ``path`` with OpenCV ``flags`` (e.g. ``cv2.IMREAD_GRAYSCALE``).
 
     Raises :class:`UnreadableImage` for a missing file, one that is not a regular file, one
-    larger than :data:`MAX_IMAGE_PIXELS` and one OpenCV cannot decode. Call it inside
+    larger than :data:`MAX_IMAGE_PIXELS` (by its header, read before decoding: a format whose
+    header Pillow cannot read is not decoded) and one OpenCV cannot decode. Call it inside
     :func:`native_stderr_silenced` to keep libpng's own messages off stderr.
     """
     try:
@@ -62,7 +63,7 @@ def read_image_file(path: os.PathLike, flags: int) -> np.ndarray:
 
 
 def _too_large(data: bytes) -> Optional[str]:
-    """Why the image's header makes it too large to decode, or None (also when there is no header to read)."""
+    """Why the image's header makes it too large to decode (or its size cannot be read from one), or None."""
     limit = f"the limit is {MAX_IMAGE_PIXELS:,} pixels"
     if data[:8] == PNG_SIGNATURE:  # the common case, read without a library
         if len(data) < _IHDR_END or data[12:16] != b"IHDR":
@@ -76,8 +77,10 @@ def _too_large(data: bytes) -> Optional[str]:
                     width, height = image.size
         except Image.DecompressionBombError:  # Pillow's own limit, above ours
             return f"too large to decode ({limit})"
-        except Exception:  # a format Pillow does not know: OpenCV's own limit applies
-            return None
+        except Exception:
+            # A format Pillow does not know (Radiance HDR, PFM): OpenCV would decode it whatever its
+            # size, since its own limit is fixed when cv2 is imported, so it is not decoded at all.
+            return "not a readable image (not a format whose size can be checked before decoding)"
     if width * height > MAX_IMAGE_PIXELS:
         return f"too large to decode: {width}x{height} pixels ({limit})"
     return None

@@ -2,7 +2,9 @@
 
 Each run lives in ``<root>/<model folder>_<mode>_seed<k>/`` (``root`` defaults to
 ``<data>/models/reproduce``). A run whose ``results.json`` already covers the requested number
-of epochs is skipped; one with a ``last.pt`` is resumed; the rest start fresh. Several runs
+of epochs is skipped, once that file is found to match the run's ``last.pt``, ``best.pt`` and
+``train.log`` (a result that does not is refused, naming the file); one with a ``last.pt`` is
+resumed; the rest start fresh. Several runs
 train at once with ``jobs`` (:mod:`ferplus.multirun`), over all GPUs on CUDA; a time budget
 stops them after a saved epoch, to be resumed by the next call. The summary of the finished
 runs goes to ``reproduce.md`` and ``reproduce.csv`` in ``root``.
@@ -18,10 +20,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .checkpoint import load_checkpoint
 from .data import read_label_file
-from .engine import LAST_CHECKPOINT, TrainConfig, finished_results, run_folder_name
+from .engine import (
+    BEST_CHECKPOINT, LAST_CHECKPOINT, LOG_FILE, RESULTS_FILE, TrainConfig, finished_results, format_final_lines,
+    run_folder_name,
+)
+from .errors import FerplusError
 from .fer_format import LABEL_FILE, SPLIT_FOLDERS
-from .fileio import atomic_write
+from .fileio import atomic_write, read_regular_file
 from .labels import MODES
 from .metrics import PERCENT
 from .multirun import train_runs
@@ -43,6 +50,43 @@ CSV_COLUMNS = ("mode", "runs", "mean_test_accuracy", "std_test_accuracy", "paper
 def run_folder(root: Path, model: str, mode: str, seed: int) -> Path:
     """The folder of one (mode, seed) run."""
     return root / f"{run_folder_name(model, mode)}_seed{seed}"
+
+
+def checked_results(folder: Path, epochs: int) -> Optional[dict]:
+    """The results of the run in ``folder`` if it has trained exactly ``epochs`` epochs, else None.
+
+    They are taken only if they match what the run itself recorded: the epochs, best epoch and
+    accuracies in its ``last.pt`` (whose digest is checked), the best epoch's in ``best.pt``, and
+    the final lines of ``train.log``. Anything else (a ``results.json`` edited or copied from
+    another run) is a :class:`FerplusError` naming the file: the table holds only trained results.
+    """
+    results = finished_results(folder, epochs)
+    if results is None:
+        return None
+    path = folder / RESULTS_FILE
+    for name in (LAST_CHECKPOINT, BEST_CHECKPOINT, LOG_FILE):
+        if not (folder / name).is_file():
+            raise FerplusError(f"{path}: refused: its run has no {name}; delete the folder to train the run again")
+    last, best = load_checkpoint(folder / LAST_CHECKPOINT), load_checkpoint(folder / BEST_CHECKPOINT)
+    recorded = {
+        "epochs": len(last.get("history", ())),
+        "best_epoch": last.get("best_epoch"),
+        "best_val_accuracy": last.get("best_val_accuracy"),
+        "test_accuracy": last.get("test_accuracy"),
+    }
+    found = [key for key, value in recorded.items() if results.get(key) != value]
+    if best.get("epoch") != recorded["best_epoch"] or best.get("test_accuracy") != recorded["test_accuracy"]:
+        found.append(f"the epoch of {BEST_CHECKPOINT}")
+    log = read_regular_file(folder / LOG_FILE).decode("utf-8", errors="replace")
+    if not found and not log.endswith(format_final_lines(*(recorded[key] for key in (
+            "best_val_accuracy", "best_epoch", "test_accuracy")))):
+        found.append(f"the last lines of {LOG_FILE}")
+    if found:
+        raise FerplusError(
+            f"{path}: refused: it does not match what its run recorded (differs in {', '.join(found)}); "
+            "delete the folder to train the run again"
+        )
+    return results
 
 
 def summarize_runs(accuracies: Dict[str, List[float]]) -> List[dict]:
@@ -151,22 +195,33 @@ def reproduce(
     for at most ``time_budget`` seconds), write the tables of the finished runs, return their rows."""
     deadline = None if time_budget is None else time.time() + time_budget
     root = Path(output) if output else Path(base_folder) / "models" / "reproduce"
+    modes = list(dict.fromkeys(modes))  # a mode named twice is one set of runs, not two runs in one folder
     accuracies: Dict[Tuple[str, int], float] = {}
     pending: List[Tuple[Tuple[str, int], TrainConfig]] = []
     for mode in modes:
         for seed in range(seeds):
             folder = run_folder(root, model, mode, seed)
-            results = finished_results(folder, max_epochs)
+            results = checked_results(folder, max_epochs)
             if results is None:
+                resume = (folder / LAST_CHECKPOINT).is_file()
+                if not resume and (folder / RESULTS_FILE).exists():  # the trainer would advise its own --resume
+                    raise FerplusError(
+                        f"{folder}: holds results but no {LAST_CHECKPOINT} to resume from; "
+                        "delete the folder to train the run again"
+                    )
                 config = TrainConfig(
                     base_folder=base_folder, training_mode=mode, max_epochs=max_epochs, seed=seed, device=device,
-                    amp=amp, output=str(folder), resume=(folder / LAST_CHECKPOINT).is_file(), model=model, step=step,
+                    amp=amp, output=str(folder), resume=resume, model=model, step=step,
                 )
                 pending.append(((mode, seed), config))
             else:
                 print(f"== {folder.name}: finished earlier, skipped", flush=True)
                 accuracies[mode, seed] = results["test_accuracy"]
-    trained = train_runs([config for _, config in pending], jobs, deadline)
+    try:
+        trained = train_runs([config for _, config in pending], jobs, deadline)
+    except KeyboardInterrupt:
+        # The trainer's advice names train.py's flags; reproduce resumes every run by itself.
+        raise KeyboardInterrupt(f"every finished epoch is kept under {root}") from None
     unfinished = []
     for (key, config), results in zip(pending, trained):
         if results is None:

@@ -24,6 +24,9 @@ DEVICES = ("auto", "cpu", "cuda")
 EVAL_BATCH_SIZE = 256
 #: Crops compared between PyTorch and onnxruntime when an export is verified.
 DEFAULT_VERIFY_BATCH = 8
+#: Enough crops to catch any batch-dependent fault, at 16 MB of input: a larger batch would only
+#: spend memory (10**8 crops need 1.6 TB).
+MAX_VERIFY_BATCH = 1024
 
 
 @dataclass

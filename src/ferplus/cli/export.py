@@ -12,7 +12,7 @@ import argparse
 from typing import Optional, Sequence
 
 from ..errors import FerplusError, run_cli
-from ..settings import DEFAULT_VERIFY_BATCH
+from ..settings import DEFAULT_VERIFY_BATCH, MAX_VERIFY_BATCH
 from .common import make_parser
 
 
@@ -25,19 +25,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("output", help="the .onnx file to write")
     parser.add_argument(
         "--verify-batch", "--verify_batch", dest="verify_batch", type=int, default=DEFAULT_VERIFY_BATCH,
-        help="crops compared between PyTorch and onnxruntime",
+        help=f"crops compared between PyTorch and onnxruntime (at most {MAX_VERIFY_BATCH})",
     )
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     """Export, verify and report."""
-    if args.verify_batch < 1:
-        raise FerplusError(f"--verify-batch {args.verify_batch}: compare at least one crop")
+    if not 1 <= args.verify_batch <= MAX_VERIFY_BATCH:
+        raise FerplusError(f"--verify-batch {args.verify_batch}: compare between 1 and {MAX_VERIFY_BATCH} crops")
     from ..checkpoint import describe, load_model
+    from ..fileio import refuse_input
     from ..onnx_export import MAX_ABS_DIFF, export_onnx
     from ..scorers import INPUT_NAME, OUTPUT_NAME
 
+    refuse_input(args.output, [args.checkpoint])
     model, state = load_model(args.checkpoint, "cpu")
     result = export_onnx(model, args.output, verify_batch=args.verify_batch, metadata=describe(state))
     print(f"wrote {args.output}: input {INPUT_NAME} float32 [N, 1, 64, 64], output {OUTPUT_NAME} [N, 8] raw scores")

@@ -7,7 +7,8 @@ skipped, interrupted ones resumed), then writes ``reproduce.md`` and ``reproduce
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+import shlex
+from typing import List, Optional, Sequence
 
 from ..errors import FerplusError, run_cli
 from ..settings import DEFAULT_MODEL, MODE_NAMES, MODEL_NAMES, STEP_KINDS
@@ -42,19 +43,41 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: More runs per mode than anyone trains; a larger --seeds is a typo that would only fill memory.
+MAX_SEEDS = 1000
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The ``reproduce.py`` command that ``args`` came from, spelled out to be pasted into a shell."""
+    words: List[str] = ["reproduce.py", "-d", args.base_folder, "--seeds", str(args.seeds), "--modes", *args.modes,
+                        "-e", str(args.max_epochs), "--model", args.model, "--device", args.device, "--step", args.step,
+                        "-j", str(args.jobs)]
+    if args.amp is not None:
+        words.append("--amp" if args.amp else "--no-amp")
+    if args.output is not None:
+        words += ["--output", args.output]
+    if args.time_budget is not None:
+        words += ["--time-budget", repr(args.time_budget)]
+    return shlex.join(words)
+
+
 def main(args: argparse.Namespace) -> None:
     """Run the reproduction as the parsed arguments say."""
-    if args.seeds < 1 or args.max_epochs < 1 or args.jobs < 1:
-        raise FerplusError("--seeds, --max-epochs and --jobs must be at least 1")
+    if not (1 <= args.seeds <= MAX_SEEDS) or args.max_epochs < 1 or args.jobs < 1:
+        raise FerplusError(f"--seeds must be in [1, {MAX_SEEDS}], --max-epochs and --jobs at least 1")
     if args.time_budget is not None and not args.time_budget > 0:
         raise FerplusError(f"--time-budget {args.time_budget}: give a positive number of seconds")
     from ..reproduce import reproduce
 
-    reproduce(
-        args.base_folder, seeds=args.seeds, modes=args.modes, max_epochs=args.max_epochs, model=args.model,
-        device=args.device, output=args.output, amp=args.amp, step=args.step, jobs=args.jobs,
-        time_budget=args.time_budget,
-    )
+    args.modes = list(dict.fromkeys(args.modes))  # named twice, trained once (and so advised)
+    try:
+        reproduce(
+            args.base_folder, seeds=args.seeds, modes=args.modes, max_epochs=args.max_epochs, model=args.model,
+            device=args.device, output=args.output, amp=args.amp, step=args.step, jobs=args.jobs,
+            time_budget=args.time_budget,
+        )
+    except KeyboardInterrupt as e:
+        raise KeyboardInterrupt("; ".join(filter(None, (str(e), f"resume with: {command_line(args)}")))) from None
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
