@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import struct
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -19,6 +21,30 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT / "src"), os.e
 
 #: Where the real FER+ labels and FER2013 pixels live for development and CI (never in the repo).
 SHARED_FERPLUS = Path(os.environ.get("FERPLUS_SHARED", ROOT.parent / "shared" / "ferplus"))
+
+
+#: Seconds one test may run before the whole run stops with every thread's traceback and exit
+#: status 1: the one guard against a hang. Generous, so that a slow machine never trips it;
+#: tests themselves block and poll without deadlines.
+TEST_TIME_LIMIT = float(os.environ.get("FERPLUS_TEST_TIME_LIMIT", 3600))
+
+
+WATCHDOG_STREAM: dict = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The terminal's stderr, kept before output capture replaces it, for the watchdog's dump.
+    WATCHDOG_STREAM["file"] = os.fdopen(os.dup(sys.__stderr__.fileno()), "w")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem) -> None:
+    """The watchdog: a test (fixtures included) running past TEST_TIME_LIMIT ends the run."""
+    faulthandler.dump_traceback_later(TEST_TIME_LIMIT, exit=True, file=WATCHDOG_STREAM["file"])
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
