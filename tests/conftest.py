@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ferplus.fer_format import SPLIT_FOLDERS
+from scripts import TEST_TIME_LIMIT
 
 ROOT = Path(__file__).resolve().parents[1]
 # Scripts the tests start in subprocesses import this checkout's package, installed or not.
@@ -21,14 +22,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT / "src"), os.e
 
 #: Where the real FER+ labels and FER2013 pixels live for development and CI (never in the repo).
 SHARED_FERPLUS = Path(os.environ.get("FERPLUS_SHARED", ROOT.parent / "shared" / "ferplus"))
-
-
-#: Seconds one test may run before the whole run stops with every thread's traceback and exit
-#: status 1: the one guard against a hang. Generous, so that a slow machine never trips it;
-#: tests themselves block and poll without deadlines.
-TEST_TIME_LIMIT = float(os.environ.get("FERPLUS_TEST_TIME_LIMIT", 3600))
-
-
+#: Where the watchdog writes its dump.
 WATCHDOG_STREAM: dict = {}
 
 

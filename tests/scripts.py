@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Seconds one test may run before the watchdog in conftest.py stops the whole run with every
+#: thread's traceback and exit status 1: the suite's one guard against a hang. Generous, so that
+#: a slow machine never trips it; the tests themselves block and poll without deadlines.
+TEST_TIME_LIMIT = float(os.environ.get("FERPLUS_TEST_TIME_LIMIT", 3600))
 
 #: Top-level script → the module of ``ferplus.cli`` that holds its command line.
 SCRIPT_MODULES = {

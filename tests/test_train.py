@@ -343,8 +343,7 @@ def test_killed_run_is_taken_over_and_its_temporaries_removed(synthetic_data, tm
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 300  # a guard against a test that would wait forever, not a speed check
-        while not (output / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        while not (output / "last.pt").exists() and process.poll() is None:  # the first epoch, however long
             time.sleep(0.2)
         assert process.poll() is None, "the run ended before it could be killed"
     finally:
