@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ferplus.fer_format import SPLIT_FOLDERS
-from scripts import TEST_TIME_LIMIT
+from scripts import SMALL_SPLIT_IMAGES, TEST_TIME_LIMIT
 
 ROOT = Path(__file__).resolve().parents[1]
 # Scripts the tests start in subprocesses import this checkout's package, installed or not.
@@ -74,10 +74,6 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = root / "data"
     generate_training_data(base, fer_csv, ferplus_csv, progress=False)
     return base
-
-
-#: Images per split of :func:`small_data`: four minibatches of 32 and a smaller last one.
-SMALL_SPLIT_IMAGES = 150
 
 
 @pytest.fixture(scope="session")

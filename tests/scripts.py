@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: thread's traceback and exit status 1: the suite's one guard against a hang. Generous, so that
 #: a slow machine never trips it; the tests themselves block and poll without deadlines.
 TEST_TIME_LIMIT = float(os.environ.get("FERPLUS_TEST_TIME_LIMIT", 3600))
+#: Images per split of the ``small_data`` fixture: four minibatches of 32 and a smaller last one.
+SMALL_SPLIT_IMAGES = 150
 
 #: Top-level script → the module of ``ferplus.cli`` that holds its command line.
 SCRIPT_MODULES = {
