@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import struct
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -11,12 +13,32 @@ from pathlib import Path
 import pytest
 import torch
 
+from ferplus.fer_format import SPLIT_FOLDERS
+from scripts import SMALL_SPLIT_IMAGES, TEST_TIME_LIMIT
+
 ROOT = Path(__file__).resolve().parents[1]
 # Scripts the tests start in subprocesses import this checkout's package, installed or not.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT / "src"), os.environ.get("PYTHONPATH"))))
 
 #: Where the real FER+ labels and FER2013 pixels live for development and CI (never in the repo).
 SHARED_FERPLUS = Path(os.environ.get("FERPLUS_SHARED", ROOT.parent / "shared" / "ferplus"))
+#: Where the watchdog writes its dump.
+WATCHDOG_STREAM: dict = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The terminal's stderr, kept before output capture replaces it, for the watchdog's dump.
+    WATCHDOG_STREAM["file"] = os.fdopen(os.dup(sys.__stderr__.fileno()), "w")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem) -> None:
+    """The watchdog: a test (fixtures included) running past TEST_TIME_LIMIT ends the run."""
+    faulthandler.dump_traceback_later(TEST_TIME_LIMIT, exit=True, file=WATCHDOG_STREAM["file"])
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
@@ -31,9 +53,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
 
 @pytest.fixture(scope="session")
 def shared_ferplus() -> Path:
-    """The folder with the real ``fer2013new.csv`` and FER2013 pixels; skips the test when absent."""
+    """The folder with the real ``fer2013new.csv`` and FER2013 pixels; skips the test when absent,
+    and fails it instead under ``FERPLUS_REQUIRE_SHARED=1`` (CI, where a skip would hide the tests)."""
     if not (SHARED_FERPLUS / "make_fer2013_csv.py").is_file():
-        pytest.skip(f"real FER+ data not found at {SHARED_FERPLUS}")
+        message = f"real FER+ data not found at {SHARED_FERPLUS}"
+        if os.environ.get("FERPLUS_REQUIRE_SHARED"):
+            pytest.fail(message + " (FERPLUS_REQUIRE_SHARED is set)")
+        pytest.skip(message)
     return SHARED_FERPLUS
 
 
@@ -48,6 +74,30 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = root / "data"
     generate_training_data(base, fer_csv, ferplus_csv, progress=False)
     return base
+
+
+@pytest.fixture(scope="session")
+def small_data(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first SMALL_SPLIT_IMAGES images of each synthetic split, for tests that check a run's
+    bookkeeping (files, resume, errors) and need no learning."""
+    from scripts import copy_split_head
+
+    base = tmp_path_factory.mktemp("small")
+    for folder in SPLIT_FOLDERS.values():
+        copy_split_head(synthetic_data / folder, base / folder, SMALL_SPLIT_IMAGES)
+    return base
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An untrained vgg13_tiny (seed 0) as a checkpoint ``best.pt`` and its ONNX export ``model.onnx``:
+    ``{"checkpoint", "onnx", "model"}``. Shared: tests write their outputs elsewhere."""
+    from ferplus.models import create_model
+    from scripts import write_model_files
+
+    torch.manual_seed(0)
+    model = create_model("vgg13_tiny").eval()
+    return {**write_model_files(tmp_path_factory.mktemp("untrained"), model), "model": model}
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +18,19 @@ from ferplus.labels import NUM_EMOTIONS
 from ferplus.models import INPUT_SIZE, create_model
 from ferplus.onnx_export import export_onnx
 from ferplus.scorers import INPUT_NAME, OUTPUT_NAME, OnnxModel
-from scripts import run_script
+from scripts import fill_disk_for, run_script
 
 TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    return create_model("vgg13_tiny").eval()
+def tiny_model(untrained_model) -> nn.Module:
+    return untrained_model["model"]
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    export_onnx(tiny_model, path, metadata={"model": "vgg13_tiny", "mode": "majority", "epoch": 3})
-    return path
+def exported(untrained_model) -> Path:
+    return untrained_model["onnx"]
 
 
 def test_interface_names_and_shapes(exported):
@@ -62,7 +61,7 @@ def test_round_trip_matches_pytorch(tiny_model, exported, batch):
 
 
 def test_metadata_round_trip(exported):
-    assert OnnxModel(exported).metadata == {"model": "vgg13_tiny", "mode": "majority", "epoch": 3}
+    assert OnnxModel(exported).metadata == {"model": "vgg13_tiny", "mode": "majority", "epoch": 0}
 
 
 def test_export_leaves_training_model_untouched(tmp_path):
@@ -126,6 +125,15 @@ def test_export_script_bad_verify_batch(tmp_path, tiny_model, capsys):
     assert run_script("export_onnx", checkpoint, tmp_path / "m.onnx", "--verify-batch", 0) == 2
     assert capsys.readouterr().err.strip() == "export_onnx.py: error: --verify-batch 0: compare between 1 and 1024 crops"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
+def test_export_script_full_disk_is_one_line_and_exit_1(untrained_model, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an earlier export")
+    fill_disk_for(monkeypatch, out.name)
+    assert run_script("export_onnx", untrained_model["checkpoint"], out) == 1
+    assert capsys.readouterr().err == f"export_onnx.py: error: {out}: {os.strerror(errno.ENOSPC)}\n"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name] and out.read_bytes() == b"an earlier export"
 
 
 def test_export_script_missing_checkpoint(tmp_path, capsys):

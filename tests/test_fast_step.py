@@ -111,12 +111,32 @@ def test_fast_step_updates_batch_norm_like_eager():
     torch.testing.assert_close(fast.loss_sum, eager.loss_sum, rtol=1e-5, atol=0)
 
 
+#: How far the fast step's bf16 update of a tensor may be from the eager one's, relative to its size.
+BF16_UPDATE_TOLERANCE = 0.05
+
+
+def assert_same_updates(eager: EagerStep, fast: FastStep, start: dict, tolerance: float) -> None:
+    """Each parameter moved from ``start`` alike in both steps: the difference of the two updates
+    is within ``tolerance`` of the eager update's norm (weights themselves barely move in a few
+    steps, so comparing them would not see a broken update)."""
+    for (name, a), b in zip(eager.model.named_parameters(), fast.model.parameters()):
+        eager_update, fast_update = a.detach() - start[name], b.detach() - start[name]
+        assert eager_update.norm() > 0, name
+        error = (fast_update - eager_update).norm() / eager_update.norm()
+        assert error <= tolerance, f"{name}: the updates differ by {error:.3f} of the eager update"
+
+
 def test_fast_step_matches_eager_under_cpu_bf16_autocast():
     device = torch.device("cpu")
     eager, fast = pair(device, "majority", amp=True)
+    start = {name: p.detach().clone() for name, p in eager.model.named_parameters()}
     batches = minibatches(device, "majority")
     train_both(eager, fast, batches)
-    assert_same_state(eager, fast, rtol=2e-2, atol=2e-3)
+    assert_same_updates(eager, fast, start, BF16_UPDATE_TOLERANCE)
+    eager_state, fast_state = eager.optimizer.state_dict(), fast.optimizer.state_dict()
+    assert fast_state["param_groups"] == eager_state["param_groups"]
+    torch.testing.assert_close(fast.loss_sum, eager.loss_sum, rtol=2e-2, atol=0)
+    assert fast.correct.item() == eager.correct.item()
 
 
 def test_fast_step_optimizer_state_saves_and_resumes():

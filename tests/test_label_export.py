@@ -19,7 +19,7 @@ from ferplus.datasets import SPLITS
 from ferplus.errors import FerplusError
 from ferplus.label_export import CSV_COLUMNS, TREE_MARKER, csv_name, export_labels, label_csv_text
 from ferplus.labels import EMOTIONS, MODES, VOTE_CATEGORIES, process_votes
-from scripts import run_script
+from scripts import fill_disk_for, run_script
 
 # The worked examples: a majority; no majority, three-way distribution; dropped by every mode; thirds.
 VOTES = np.array([
@@ -298,3 +298,14 @@ def test_image_listed_twice_is_refused_for_the_tree(tmp_path: Path) -> None:
     with pytest.raises(FerplusError, match="label.csv: line 2: image a.png is listed twice, on lines 1 and 2"):
         export_labels(tmp_path, imagefolder=tmp_path / "tree", splits=["val"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FER2013Valid"]
+
+
+def test_full_disk_is_one_line_and_exit_1_and_keeps_the_earlier_csvs(small_data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "labels"
+    fill_disk_for(monkeypatch, "ferplus_val.csv")  # the train CSV is written, then the disk is full
+    assert run_script("export_labels", "-d", small_data, "--csv", out) == 1
+    assert capsys.readouterr().err == f"export_labels.py: error: {out / 'ferplus_val.csv'}: {os.strerror(errno.ENOSPC)}\n"
+    assert [p.name for p in out.iterdir()] == ["ferplus_train.csv"]  # whole, and no temporary file
+    monkeypatch.undo()
+    assert run_script("export_labels", "-d", small_data, "--csv", tmp_path / "again") == 0
+    assert (out / "ferplus_train.csv").read_bytes() == (tmp_path / "again" / "ferplus_train.csv").read_bytes()

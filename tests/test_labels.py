@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ferplus.labels import EMOTIONS, MODES, NUM_EMOTIONS, NUM_VOTES, majority_class, process_votes
+from scripts import ROOT
 
 # votes → {index: share} per mode, or None when the mode drops the image (the issue's table).
 WORKED_EXAMPLES = [
@@ -176,3 +178,29 @@ def test_bad_votes_raise(votes: np.ndarray, message: str) -> None:
 def test_unknown_mode_raises() -> None:
     with pytest.raises(ValueError, match="unknown mode"):
         process_votes(np.zeros((1, NUM_VOTES), dtype=np.int64), "softmax")
+
+
+def documented_counts() -> tuple[list[int], dict[str, list[int]]]:
+    """The full data's image counts per split that docs/data.md states, and per mode the kept
+    counts that docs/library.md states (train / val / test)."""
+    def numbers(text: str) -> list[int]:
+        return [int(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", text)]
+
+    data_md = " ".join((ROOT / "docs" / "data.md").read_text().split())
+    totals = re.search(r"The full data gives ([\d,]+ / [\d,]+ / [\d,]+) images", data_md)
+    library_md = " ".join((ROOT / "docs" / "library.md").read_text().split())
+    kept = re.search(
+        r"`majority` keeps ([\d,]+ / [\d,]+ / [\d,]+) images of train / val / test, `probability` and "
+        r"`crossentropy` ([\d,]+ / [\d,]+ / [\d,]+), `multi_target` ([\d,]+ / [\d,]+ / [\d,]+)", library_md)
+    assert totals and kept, "the docs no longer state the full data's counts in the expected words"
+    majority, soft, multi = (numbers(group) for group in kept.groups())
+    return numbers(totals.group(1)), {"majority": majority, "probability": soft, "crossentropy": soft, "multi_target": multi}
+
+
+def test_full_data_counts_are_the_documented_ones(ferplus_rows: list[list[str]]) -> None:
+    splits = real_split_votes(ferplus_rows)
+    usages = ("Training", "PublicTest", "PrivateTest")
+    totals, kept = documented_counts()
+    assert [len(splits[usage]) for usage in usages] == totals
+    for mode in MODES:
+        assert [int(process_votes(splits[usage], mode)[1].sum()) for usage in usages] == kept[mode], mode

@@ -16,14 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from ferplus.checkpoint import load_model, save_checkpoint
+from ferplus.checkpoint import load_model
 from ferplus.data import EvalSet, read_folder
 from ferplus.predict.faces import DETECT_MAX_SIDE, crop_faces, detect_faces
 from ferplus.images import MAX_IMAGE_PIXELS
 from ferplus.runtime import predict_scores
 from ferplus.labels import EMOTIONS
-from ferplus.models import create_model
-from ferplus.onnx_export import export_onnx
 from scripts import run_script
 
 #: FER2013 test-split faces that are frontal and clear (found by the cascade at several scales).
@@ -35,15 +33,9 @@ TOLERANCE = 1e-6
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
+def models(untrained_model) -> dict[str, Path]:
     """An untrained vgg13_tiny as a checkpoint and as its ONNX export."""
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    model = create_model("vgg13_tiny").eval()
-    state = {"model": "vgg13_tiny", "mode": "majority", "model_state": model.state_dict(), "epoch": 0}
-    save_checkpoint(folder / "best.pt", state)
-    export_onnx(model, folder / "model.onnx")
-    return {"checkpoint": folder / "best.pt", "onnx": folder / "model.onnx"}
+    return untrained_model
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -22,6 +23,7 @@ from ferplus.prepare import RUN_LOCK, encode_png, generate_training_data
 from scripts import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
+DEV_FULL = Path("/dev/full")
 SCRIPT = ROOT / "generate_training_data.py"
 FOLDERS = ("FER2013Train", "FER2013Valid", "FER2013Test")
 FER_HEADER = "emotion,pixels,Usage"
@@ -212,26 +214,53 @@ def test_rerun_replaces_the_split_folders_and_nothing_else(tmp_path: Path) -> No
     assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + ("fer2013new.csv", "notes", RUN_LOCK))
 
 
+class FullDiskOs:
+    """The ``os`` module as prepare sees it on a disk that fills up at the split ``folder``: the
+    PNGs written there go to /dev/full, whose writes fail with the kernel's own ENOSPC."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def open(self, path, flags, *args, **kwargs):
+        if Path(path).parent.name == self.folder and Path(path).suffix == ".png":
+            path = DEV_FULL
+        return os.open(path, flags, *args, **kwargs)
+
+
+def full_disk_at(monkeypatch, folder: str) -> None:
+    if not DEV_FULL.exists():
+        pytest.skip("needs /dev/full")
+    monkeypatch.setattr(prepare, "os", FullDiskOs(folder))
+
+
 def test_failure_while_writing_leaves_previous_output_intact(tmp_path: Path, monkeypatch) -> None:
     base = tmp_path / "data"
     good = Pair(tmp_path / "a", make_rows(seed=1)).write()
     other = Pair(tmp_path / "b", make_rows(seed=2)).write()
     generate_training_data(base, good.fer, good.ferplus, progress=False)
     before = snapshot(base)
-    calls = []
-
-    def failing_write(folder, names, images):
-        calls.append(folder)
-        if len(calls) == 2:  # the first split is complete, the second has begun
-            raise OSError(28, "No space left on device")
-        real_write(folder, names, images)
-
-    real_write = prepare._write_pngs
-    monkeypatch.setattr(prepare, "_write_pngs", failing_write)
-    with pytest.raises(OSError):
+    full_disk_at(monkeypatch, "FER2013Valid")  # the first split is complete, the second has begun
+    with pytest.raises(OSError) as error:
         generate_training_data(base, other.fer, other.ferplus, progress=False)
+    # The disk's own error, naming the first image that could not be written.
+    assert (error.value.errno, error.value.strerror) == (errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert Path(error.value.filename).parts[-2:] == ("FER2013Valid", other.rows[3]["name"])
     assert snapshot(base) == before
     assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (RUN_LOCK,))  # no staging folder left
+
+
+def test_full_disk_is_one_line_naming_the_file_and_exit_1(tmp_path: Path, monkeypatch, capsys) -> None:
+    base = tmp_path / "data"
+    pair = Pair(tmp_path / "csv", make_rows()).write()
+    full_disk_at(monkeypatch, "FER2013Test")
+    assert run_script("generate_training_data", "-d", base, "-fer", pair.fer, "-ferplus", pair.ferplus, "--quiet") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"generate_training_data.py: error: {base}{os.sep}"), err
+    assert err[0].endswith(f"{os.sep}FER2013Test{os.sep}{pair.rows[6]['name']}: {os.strerror(errno.ENOSPC)}"), err
+    assert list(base.iterdir()) == []  # nothing half-written: no split, no staging folder
 
 
 def test_leftovers_of_a_killed_run_are_removed(tmp_path: Path) -> None:
@@ -336,27 +365,33 @@ def test_a_kill_at_any_rename_never_loses_a_split(kill_at: int, tmp_path: Path) 
     assert sorted(p.name for p in base.iterdir()) == sorted(FOLDERS + (RUN_LOCK,))
 
 
-# Holds a pool whose two workers are busy for a minute, and prints their process ids.
+# Holds a pool whose two workers are busy for good, and prints their process ids.
 BUSY_POOL = r"""
-import multiprocessing, time
+import multiprocessing, threading
 from ferplus import prepare
 with prepare._executor(2) as pool:
-    tasks = [pool.submit(time.sleep, 60) for _ in range(2)]
+    tasks = [pool.submit(threading.Event().wait) for _ in range(2)]
     print(*(p.pid for p in multiprocessing.active_children()), flush=True)
-    time.sleep(60)
+    threading.Event().wait()
 """
 
 
-def _running(pid: int) -> bool:
+def wait_for_exit(pid: int) -> None:
+    """Block until the process ``pid`` (not a child of ours) has exited."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"  # a zombie has exited; only its parent has not reaped it yet
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # gone already
+    try:
+        select.select([fd], [], [])  # readable once the process has exited
+    finally:
+        os.close(fd)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on pidfds (Linux)")
 def test_pool_workers_exit_when_the_generator_is_killed() -> None:
+    """Their tasks never end, so only the generator's death can end them (a regression hangs
+    here until the suite's watchdog fails the run)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     parent = subprocess.Popen([sys.executable, "-c", BUSY_POOL], env=env, stdout=subprocess.PIPE, text=True)
     try:
@@ -365,13 +400,8 @@ def test_pool_workers_exit_when_the_generator_is_killed() -> None:
     finally:
         parent.kill()
         parent.wait()
-    deadline = time.monotonic() + 30  # well before their tasks would end
-    while any(map(_running, workers)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    alive = [pid for pid in workers if _running(pid)]
-    for pid in alive:  # not to leave them behind when the test fails
-        os.kill(pid, signal.SIGKILL)
-    assert not alive
+    for pid in workers:
+        wait_for_exit(pid)
 
 
 # ---------------------------------------------------------------------------------------------

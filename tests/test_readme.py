@@ -24,11 +24,13 @@ def quick_start_commands() -> list[str]:
 
 
 def promised_accuracy() -> tuple[float, float]:
-    """The validation accuracy range the README's quick start promises, as fractions."""
-    section = (ROOT / "README.md").read_text().split("## Quick start", 1)[1]
-    found = re.search(r"ending at (\d+)–(\d+) % validation accuracy", " ".join(section.split()))
-    assert found, "the quick start states no accuracy range"
-    return int(found.group(1)) / 100, int(found.group(2)) / 100
+    """The validation accuracy range the quick start promises ("ending at 45–70 % validation accuracy"), as fractions."""
+    section = (ROOT / "README.md").read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    found = re.search(r"(\d+)\s*[–-]\s*(\d+)\s*% validation accuracy", " ".join(section.split()))
+    assert found, "the quick start states no validation accuracy range"
+    low, high = (int(value) / 100 for value in found.groups())
+    assert 0 < low < high <= 1
+    return low, high
 
 
 def test_quick_start_is_two_python_commands():
@@ -42,14 +44,15 @@ def test_quick_start_runs_and_learns(tmp_path: Path):
         argv = shlex.split(command)
         # `python X.py …` from the repository's root, with this interpreter, in a fresh folder.
         argv = [sys.executable, str(ROOT / argv[1]), *argv[2:]]
-        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
     run = tmp_path / "data" / "models" / "vgg13_tiny_probability"
     results = json.loads((run / "results.json").read_text())
     accuracies = [record["val_accuracy"] for record in results["history"]]
-    # The README promises where the run ends, well above chance (~13 %), and a run that learns.
+    # The README promises where the run ends (its last epoch), and so a run that learns.
     low, high = promised_accuracy()
-    assert low <= accuracies[-1] <= high and max(accuracies) > accuracies[0]
+    assert low <= accuracies[-1] <= high, (accuracies[-1], (low, high))
+    assert max(accuracies) > accuracies[0]
     # The README's next examples use this run's checkpoint.
     readme = (ROOT / "README.md").read_text()
     assert "data/models/vgg13_tiny_probability/best.pt" in readme and (run / "best.pt").is_file()

@@ -11,6 +11,7 @@ import pytest
 import ferplus.reproduce as reproduce_module
 from ferplus.reproduce import PAPER_RESULTS, format_csv, format_markdown, reproduce, run_folder, summarize_runs
 from scripts import run_script
+from test_checkpoint import flip_tensor_bytes
 
 MODES = ("majority", "crossentropy")
 SEEDS = 2
@@ -101,3 +102,19 @@ def test_a_damaged_results_file_is_one_line(synthetic_data, tmp_path, capsys, co
         "delete it and resume the run to write it again"
     ]
     assert [p.name for p in results.parent.iterdir()] == ["results.json"]
+
+
+def test_a_damaged_checkpoint_of_an_interrupted_run_is_refused(small_data, tmp_path, capsys):
+    root = tmp_path / "reproduce"
+    folder = run_folder(root, MODEL, "majority", 0)
+    argv = ["-d", small_data, "--seeds", 1, "--modes", "majority", "--model", MODEL, "--device", "cpu", "--output", root]
+    assert run_script("reproduce", *argv, "-e", 1) == 0
+    (folder / "results.json").unlink()  # as a run killed after its first epoch leaves it
+    flip_tensor_bytes(folder / "last.pt")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    capsys.readouterr()
+    assert run_script("reproduce", *argv, "-e", 2) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"reproduce.py: error: {folder / 'last.pt'}: damaged: its contents do not match the digest recorded in it"
+    ]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

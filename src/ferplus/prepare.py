@@ -560,12 +560,16 @@ def _write_pngs(folder: Path, names: Sequence[str], images: np.ndarray) -> None:
         png = encode_png(image)
         # os.open skips the buffered file object that open() builds: with ~36k tiny files the
         # per-file overhead is a large part of the run.
-        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY, FILE_MODE)
+        path = folder / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY, FILE_MODE)
         try:
-            if os.write(fd, png) != png.nbytes:  # a short write to a regular file means the disk is full
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+            written = os.write(fd, png)
+        except OSError as e:  # os.write's error names no file; the user's message must
+            raise OSError(e.errno, e.strerror, str(path)) from None
         finally:
             os.close(fd)
+        if written != png.nbytes:  # a short write to a regular file means the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 def _write_splits(staging: Path, splits: Dict[str, SplitData], progress: bool) -> None:
