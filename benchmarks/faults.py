@@ -1015,7 +1015,7 @@ def special_outputs(work: Path, cases: int, rng: np.random.Generator, timeout: f
             target = out / "model.onnx"
             script, argv = EXPORTER, [kit.checkpoint, target]
         elif tool == "evaluate":
-            target = out / f"eval_{kit.checkpoint.stem}_test.json"
+            target = out / f"eval_{kit.checkpoint.stem}_{Path(kit.data).resolve().name}_test.json"
             script, argv = EVALUATOR, [kit.checkpoint, "-d", kit.data, "--device", "cpu", "--output", out]
         else:
             target = out / kit.photo.name

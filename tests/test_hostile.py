@@ -432,4 +432,4 @@ def test_onnx_files_under_an_undecodable_path_work(synthetic_data, tmp_path, cap
     save_checkpoint(checkpoint, tiny_state())
     assert run_script("export_onnx", checkpoint, folder / "model.onnx") == 0
     assert run_script("evaluate", folder / "model.onnx", "-d", synthetic_data) == 0
-    assert (folder / "eval_model_onnx_test.json").is_file()
+    assert (folder / f"eval_model_onnx_{synthetic_data.name}_test.json").is_file()

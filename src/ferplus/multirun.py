@@ -25,7 +25,7 @@ import torch
 
 from .engine import EPOCH_SAVED, RunSteps, TrainConfig, train_steps
 from .runtime import resolve_device
-from .errors import FerplusError
+from .errors import FerplusError, make_output_safe
 
 Results = Optional[dict]
 
@@ -152,6 +152,7 @@ def _worker(task: Tuple[int, int, bool, List[TrainConfig], int, Optional[float]]
     index, threads, cuda, configs, jobs, deadline = task
     if cuda:  # before CUDA starts in this process: the worker sees its own GPU as cuda:0
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    make_output_safe()  # a spawned worker prints run folders too: any path must print
     torch.set_num_threads(threads)
     try:
         return train_interleaved(configs, jobs, deadline)
