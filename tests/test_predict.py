@@ -181,7 +181,7 @@ def test_annotating_never_writes_over_an_input(photo, models, tmp_path, capsys):
     assert sorted(p.name for p in album.iterdir()) == ["photo-2.jpg", "photo.jpg"]
 
     assert predict(["--model", model, str(named), "--csv", str(named)]) == 2
-    assert f"--csv {named}: that is one of the inputs" in capsys.readouterr().err
+    assert f"--csv {named}: is the input " in capsys.readouterr().err
     assert named.read_bytes() == original
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -9,7 +10,7 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Collection, Dict, List, Optional, Union
+from typing import Any, Callable, Collection, Dict, Iterable, List, Optional, Tuple, Union
 
 from .errors import FerplusError
 
@@ -78,21 +79,51 @@ def _refuse_special(path: Path) -> None:
         raise OSError(errno.EINVAL, "not a regular file: refusing to replace it", str(path))
 
 
-def refuse_input(output: PathLike, inputs: Collection[PathLike], flag: str = "") -> None:
-    """Raise :class:`~ferplus.errors.FerplusError` when ``output`` is one of ``inputs`` (the same
-    file by device and inode, hard links and other spellings included).
+class InputGuard:
+    """Knows the files a tool reads, so that none of them is ever written over: the same file by
+    device and inode, so hard links, symbolic links and other spellings of a path count too."""
 
-    Every tool calls this before it writes, so that no tool ever writes over a file it reads.
-    ``flag`` names the option that gave ``output`` in the message (e.g. ``--output``).
-    """
-    for source in inputs:
+    def __init__(self, inputs: Iterable[PathLike] = ()) -> None:
+        self._files: Dict[Tuple[int, int], PathLike] = {}
+        for path in inputs:
+            self.add(path)
+
+    def add(self, path: PathLike) -> None:
+        """Count ``path`` (if it exists) as an input."""
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            self._files.setdefault((info.st_dev, info.st_ino), path)
+
+    def input_at(self, path: PathLike) -> Optional[PathLike]:
+        """The input that ``path`` is, or None (also when ``path`` does not exist yet)."""
         try:
-            same = os.path.samefile(output, source)
-        except OSError:  # either one does not exist (yet): they cannot be the same file
-            same = False
-        if same:
+            info = os.stat(path)
+        except OSError:
+            return None
+        return self._files.get((info.st_dev, info.st_ino))
+
+    def refuse(self, path: PathLike, flag: str = "") -> None:
+        """A one-line :class:`~ferplus.errors.FerplusError` (exit 2) if ``path`` is an input;
+        ``flag`` names the option that gave it (e.g. ``--output``)."""
+        source = self.input_at(path)
+        if source is not None:
             where = f"{flag} " if flag else ""
-            raise FerplusError(f"{where}{output}: is the input {source}; write the output to another file")
+            raise FerplusError(f"{where}{path}: is the input {source}; write the output to another file")
+
+    def fresh_path(self, path: Path, taken: Collection[Path]) -> Path:
+        """``path``, or ``name-2.ext``, ``name-3.ext`` … if it is an input or in ``taken``."""
+        candidate, number = path, 1
+        while candidate in taken or self.input_at(candidate) is not None:
+            number += 1
+            candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+        return candidate
+
+
+def refuse_input(output: PathLike, inputs: Collection[PathLike], flag: str = "") -> None:
+    """Raise :class:`~ferplus.errors.FerplusError` when ``output`` is one of ``inputs``
+    (:class:`InputGuard`). Every tool calls this before it writes, so that no tool ever writes
+    over a file it reads."""
+    InputGuard(inputs).refuse(output, flag)
 
 
 def remove_stale_temporaries(folder: PathLike, names: Collection[str]) -> None:

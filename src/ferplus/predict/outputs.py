@@ -10,11 +10,10 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Dict, Iterable, Iterator, List, Optional, Set, TextIO, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, TextIO, Tuple, Union
 
 import numpy as np
 
-from ..errors import FerplusError
 from ..fer_format import EMOTIONS, NUM_EMOTIONS
 
 PathLike = Union[str, os.PathLike]
@@ -106,43 +105,6 @@ class TrackSummary:
             f"  track {self.track}: {self.first_s:.2f}-{self.last_s:.2f} s ({self.frames} frames), "
             f"mostly {self.dominant}; {shares}"
         )
-
-
-class InputGuard:
-    """Knows the files a run reads, so that none of them is ever written over (hard links,
-    symbolic links and other spellings of the same file included, as ``os.path.samefile`` sees them)."""
-
-    def __init__(self, inputs: Iterable[PathLike] = ()) -> None:
-        self._files: Set[Tuple[int, int]] = set()
-        for path in inputs:
-            self.add(path)
-
-    def add(self, path: PathLike) -> None:
-        """Count ``path`` (if it exists) as an input."""
-        with contextlib.suppress(OSError):
-            stat = os.stat(path)
-            self._files.add((stat.st_dev, stat.st_ino))
-
-    def is_input(self, path: PathLike) -> bool:
-        """Whether ``path`` is one of the inputs."""
-        try:
-            stat = os.stat(path)
-        except OSError:
-            return False
-        return (stat.st_dev, stat.st_ino) in self._files
-
-    def refuse(self, path: PathLike, flag: str) -> None:
-        """A one-line :class:`FerplusError` (exit 2) if ``flag``'s file ``path`` is an input."""
-        if self.is_input(path):
-            raise FerplusError(f"{flag} {path}: that is one of the inputs; name another file")
-
-    def fresh_path(self, path: Path, taken: Collection[Path]) -> Path:
-        """``path``, or ``name-2.ext``, ``name-3.ext`` … if it is an input or in ``taken``."""
-        candidate, number = path, 1
-        while candidate in taken or self.is_input(candidate):
-            number += 1
-            candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
-        return candidate
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 Each source is reported as it is done; one that cannot be used (missing, unreadable, truncated,
 without a face) gets one line on stderr and the others go on. Output files never replace an
-input (:class:`~ferplus.predict.outputs.InputGuard`) and appear whole or not at all.
+input (:class:`~ferplus.fileio.InputGuard`) and appear whole or not at all.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from ..errors import FerplusError
+from ..fileio import InputGuard
 from ..metrics import PERCENT
 from ..scorers import load_scorer
 from .boxes import GivenBoxes
 from .drawing import annotate, write_timeline
 from .faces import read_image
-from .outputs import CsvOutput, FacePrediction, InputGuard, TrackSummary, csv_rows, staged_output
+from .outputs import CsvOutput, FacePrediction, TrackSummary, csv_rows, staged_output
 from .photos import IMAGE_SUFFIXES, ImageResult, annotated_name, format_result, predict_image, write_image
 from .video import (
     BATCH_FRAMES, DETECT_EVERY, DETECT_SIDE, VIDEO_SUFFIXES, FaceFinder, FrameResult, Sampler, VideoError,
