@@ -48,6 +48,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", default=None, help="run folder (default DATA/models/VGG13_<mode>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
+    parser.add_argument(
+        "--checkpoint-every", "--checkpoint_every", dest="checkpoint_every", type=float, metavar="MINUTES",
+        default=DEFAULTS.checkpoint_every,
+        help="also save last.pt partway through an epoch every MINUTES (default: 10 on the CPU, none on CUDA; "
+        "0: only at epoch ends)",
+    )
     parser.add_argument("--model", choices=tuple(MODELS), default=DEFAULT_MODEL, help="network from the model registry")
     parser.add_argument(
         "--step", choices=STEP_KINDS, default=DEFAULTS.step,
