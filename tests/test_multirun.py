@@ -13,7 +13,6 @@ import torch
 
 import ferplus.multirun as multirun
 from ferplus.checkpoint import load_checkpoint
-from ferplus.data import SPLIT_FOLDERS
 from ferplus.engine import TrainConfig, train
 from ferplus.multirun import train_interleaved, train_runs
 from test_train import log_without_times, run_independent
@@ -21,21 +20,6 @@ from test_train import log_without_times, run_independent
 MODEL = "vgg13_tiny"
 EPOCHS = 2
 RUNS = (("majority", 0), ("crossentropy", 0), ("majority", 1))
-IMAGES_PER_SPLIT = 150  # four minibatches of 32 and a smaller last one
-
-
-@pytest.fixture(scope="module")
-def small_data(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first images of each synthetic split: these tests compare runs, they need no learning."""
-    base = tmp_path_factory.mktemp("small")
-    for folder in SPLIT_FOLDERS.values():
-        lines = (synthetic_data / folder / "label.csv").read_text().splitlines()[:IMAGES_PER_SPLIT]
-        (base / folder).mkdir()
-        (base / folder / "label.csv").write_text("\n".join(lines) + "\n")
-        for line in lines:
-            name = line.split(",")[0]
-            (base / folder / name).write_bytes((synthetic_data / folder / name).read_bytes())
-    return base
 
 
 def configs(data: Path, root: Path) -> list:
