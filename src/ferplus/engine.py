@@ -370,12 +370,15 @@ def _partial_fits(partial: Any, trained: int, world_size: int) -> bool:
     numbers = [partial.get(key) for key in ("steps", "images")]
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
         return False
-    if not isinstance(ranks, list) or len(ranks) != world_size:
+    seconds = partial.get("seconds")
+    if not isinstance(seconds, float) or not isinstance(ranks, list) or len(ranks) != world_size:
         return False
-    return all(
-        isinstance(rank, dict) and all(isinstance(rank.get(key), torch.Tensor) for key in EpochPosition.TENSORS)
-        for rank in ranks
-    )
+    for rank in ranks:
+        if not isinstance(rank, dict) or not all(isinstance(rank.get(key), torch.Tensor) for key in EpochPosition.TENSORS):
+            return False
+        if rank["loss_sum"].dim() or rank["correct"].dim() or rank["dropout_rng"].dtype != torch.uint8:
+            return False
+    return True
 
 
 def _epoch_position(partial: Dict[str, Any], rank: int) -> EpochPosition:
