@@ -108,6 +108,7 @@ def drive(args: argparse.Namespace) -> None:
             if done.returncode != 0:
                 raise SystemExit(f"{tree}: {done.stderr[-2000:]}")
             rows[tree].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"{tree}: {json.dumps(rows[tree][-1])}", flush=True)  # each as it comes: the table may be cut short
     print(f"vgg13, {args.steps} steps an epoch, {args.epochs} epochs, {args.eval_images or 'all'} eval images, "
           f"{args.threads} threads, {args.repeats} repeats; medians in seconds")
     print(f"{'tree':<40}{'stall e0':>10}{'stall e1+':>10}{'steps e1+':>10}{'drain':>8}")

@@ -613,8 +613,8 @@ def test_checkpoints_on_a_timer_resume_mid_epoch(uninterrupted, small_data, epoc
         steps.close()  # as a kill would leave it, once the last save is on disk
         state = load_checkpoint(output / "last.pt")
         assert ("partial_epoch" in state) == saved
-        if saved:
-            assert (state["partial_epoch"]["epoch"], state["partial_epoch"]["steps"]) == (1, 3)
+        if saved:  # the save after step 3 would come when the run went on from its yield
+            assert (state["partial_epoch"]["epoch"], state["partial_epoch"]["steps"]) == (1, 2)
     assert train_cli(*stop_args(small_data, output, "--resume")) == 0
     assert_same_run(uninterrupted, output)
 
