@@ -18,6 +18,16 @@ temporary folder that is deleted afterwards. The parts:
     ``train.py --model vgg13_tiny`` is killed at a random instant or just before a random rename,
     then resumed with ``--resume`` (or restarted when no ``last.pt`` was written yet). Its
     ``results.json``, ``last.pt`` and ``best.pt`` must equal an uninterrupted run's, timings aside.
+    It saves a mid-epoch checkpoint after every step (``--checkpoint-every``), so kills and
+    resumes fall within epochs too.
+``checkpoint write kill``
+    ``train.py`` is killed with SIGKILL halfway through writing its k-th checkpoint file, which
+    the background writer does while the next epoch trains; then resumed and compared as above.
+``run end kill``
+    The run's end (the final log lines, both plots, ``results.json``) is cut at each of its
+    writes: SIGKILL just before and just after each rename, SIGTERM and SIGINT just before each,
+    a full disk at each, then random instants. ``--resume`` must then complete the run folder:
+    every file there, the results equal to an uninterrupted run's.
 ``fer csv fuzz``
     ``fer2013.csv`` or ``fer2013new.csv`` is damaged (byte flips, truncation, inserted or deleted
     fields, huge numbers, NUL bytes, BOMs, line ends, empty lines, ...) and the generator runs on
@@ -101,7 +111,12 @@ OUTCOMES = ("handled", "traceback", "hang", "other", "data lost")
 TRIAL_ENV = "FERPLUS_FAULT_TRIAL"
 #: Rows per split of the synthetic CSV pairs: enough for the pool and for a few training steps.
 PER_SPLIT = 64
-TRAIN_ARGS = ("-m", "probability", "-e", "3", "-b", "32", "--model", "vgg13_tiny", "--device", "cpu", "--seed", "0")
+TRAIN_ARGS = ("-m", "probability", "-e", "3", "-b", "32", "--model", "vgg13_tiny", "--device", "cpu", "--seed", "0",
+              "--checkpoint-every", "1e-9")  # a mid-epoch checkpoint after every step
+#: What a finished run folder holds (besides its lock).
+RUN_FILES = {"args.json", "train.log", "results.json", "best.pt", "last.pt", "curves.png", "confusion_test.png"}
+#: The renames of a run's end: train.log's final lines, curves.png, confusion_test.png, results.json.
+END_RENAMES = 4
 #: Address space a child may map (RLIMIT_AS): ample for these small runs, so that a runaway read
 #: (a device named as an image, say) fails before it fills the machine.
 CHILD_MEMORY = 6 << 30
@@ -112,9 +127,12 @@ UNCOMPARED = {"seconds", "train_seconds", "wall_seconds", "session_wall_seconds"
 
 # The child: cap its memory, load a script without running it, arrange to die just before its
 # k-th rename (k > 0) or just after its -k-th (k < 0), tell the parent it is ready (imports done),
-# then run the script as its __main__ block would.
+# then run the script as its __main__ block would. Patches: "pool" (the generator parses with its
+# process pool), "term" / "int" (send SIGTERM / SIGINT instead of SIGKILL), "enospc" (the k-th
+# rename fails as on a full disk), "checkpoint" (die halfway through writing the k-th checkpoint
+# file, not at a rename).
 CHILD = r"""
-import importlib.util, os, resource, signal, sys
+import errno, importlib.util, os, pathlib, resource, signal, sys
 script, kill_at, ready_fd, patch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 memory = int(os.environ["FERPLUS_FAULT_MEMORY"])
 resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -124,23 +142,38 @@ spec.loader.exec_module(module)
 if patch == "pool":
     import ferplus.prepare
     ferplus.prepare.POOL_MIN_BYTES = 0  # parse with the process pool even a small file
-renames = 0
+renames = writes = 0
+sent = {"term": signal.SIGTERM, "int": signal.SIGINT}.get(patch, signal.SIGKILL)
 def counting(real):
     def rename(*args, **kwargs):
         global renames
         renames += 1
-        if renames == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if renames == kill_at and patch == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), args[0])
+        if renames == kill_at and patch != "checkpoint":
+            os.kill(os.getpid(), sent)
         result = real(*args, **kwargs)
         if renames == -kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), sent)
         return result
     return rename
 os.replace, os.rename = counting(os.replace), counting(os.rename)
+if patch == "checkpoint":
+    real_write_bytes = pathlib.Path.write_bytes
+    def write_bytes(path, data):
+        global writes
+        if path.name.startswith((".last.pt.", ".best.pt.")):
+            writes += 1
+            if writes == kill_at:
+                real_write_bytes(path, bytes(data)[: len(data) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real_write_bytes(path, data)
+    pathlib.Path.write_bytes = write_bytes
 os.write(ready_fd, b"r")
 os.close(ready_fd)
 code = module.run(sys.argv[5:])
 print(f"renames={renames}", file=sys.stdout)
+print(f"writes={writes}", file=sys.stdout)
 sys.exit(code)
 """
 
@@ -158,7 +191,15 @@ class Run:
 
     @property
     def renames(self) -> int:
-        lines = [line for line in self.stdout.splitlines() if line.startswith("renames=")]
+        return self._count("renames")
+
+    @property
+    def writes(self) -> int:
+        """Checkpoint files written (counted under the ``checkpoint`` patch)."""
+        return self._count("writes")
+
+    def _count(self, name: str) -> int:
+        lines = [line for line in self.stdout.splitlines() if line.startswith(f"{name}=")]
         return int(lines[-1].split("=")[1]) if lines else 0
 
 
@@ -377,52 +418,114 @@ def _copy(source: Path, target: Path) -> Path:
 # Killing the trainer
 
 
-def train_kills(work: Path, trials: int, rng: np.random.Generator, timeout: float) -> Tally:
-    """Kill train.py at random instants or renames, resume, and compare with an uninterrupted run."""
-    tally = Tally("train kill")
-    if trials == 0:
-        return tally
+def _trainer_reference(work: Path, timeout: float) -> Tuple[Path, Path, Run, Dict[str, Any]]:
+    """The data, a scratch folder, an uninterrupted run (counting checkpoint writes) and its results."""
     data = work / "data"
     generate_training_data(data, *write_sample(work / "csv", per_split=PER_SPLIT, seed=3), progress=False)
     scratch = work / "scratch"
     scratch.mkdir()
     reference = run_child(TRAINER, ["-d", data, "--output", work / "reference", *TRAIN_ARGS], timeout,
-                          scratch=scratch)
+                          patch="checkpoint", scratch=scratch)
     if reference.code != 0:
         raise SystemExit(f"the uninterrupted training run failed:\n{reference.stderr}")
-    expected = _train_results(work / "reference")
-    for i in range(trials):
+    return data, scratch, reference, _train_results(work / "reference")
+
+
+def _stopped_cleanly(run: Run) -> bool:
+    """A run cut short as it should end: killed, or one line naming the stop or the full disk (or
+    not cut at all: a random instant after its end)."""
+    lines = run.stderr.strip().splitlines()
+    if run.code in (None, 0, -signal.SIGTERM):  # SIGKILL, or SIGTERM outside the training loop
+        return "Traceback" not in run.stderr
+    prefix = {130: f"{TRAINER.name}: interrupted", 143: f"{TRAINER.name}: error: stopped by SIGTERM",
+              1: f"{TRAINER.name}: error: "}.get(run.code)
+    return prefix is not None and len(lines) == 1 and lines[0].startswith(prefix)
+
+
+TrainCases = Callable[[Run], List[Tuple[str, Dict[str, Any]]]]
+
+
+def _train_trials(tally: Tally, work: Path, cases: TrainCases, timeout: float) -> Tally:
+    """Cut ``train.py`` short as each of ``cases(reference run)`` says (a name and ``run_child``
+    keywords), resume it, and compare with the uninterrupted reference."""
+    data, scratch, reference, expected = _trainer_reference(work, timeout)
+    for i, (case, cut) in enumerate(cases(reference)):
         output = work / f"run{i}"
-        if i % 2:
-            kill_at = int(rng.integers(1, reference.renames + 1))
-            case, kill_after = f"before rename {kill_at}", None
-        else:
-            kill_at, kill_after = 0, float(rng.uniform(0, reference.seconds))
-            case = f"random instant {kill_after:.2f} s"
-        killed = run_child(TRAINER, ["-d", data, "--output", output, *TRAIN_ARGS], timeout, kill_at=kill_at,
-                           kill_after=kill_after, scratch=scratch)
+        killed = run_child(TRAINER, ["-d", data, "--output", output, *TRAIN_ARGS], timeout, scratch=scratch, **cut)
         resume = ["--resume"] if (output / "last.pt").exists() else []
         case += ", resumed" if resume else ", restarted"
-        tally.events["killed, then resumed" if resume else "killed before last.pt, then restarted"] += 1
+        tally.events["stopped, then resumed" if resume else "stopped before last.pt, then restarted"] += 1
         again = run_child(TRAINER, ["-d", data, "--output", output, *TRAIN_ARGS, *resume], timeout, scratch=scratch)
         leftovers = killed.leftovers + again.leftovers + len(list(output.glob(".*.tmp")))
+        if killed.hung or not _stopped_cleanly(killed):
+            tally.add("hang" if killed.hung else "traceback", case, leftovers, killed.stderr.strip()[-300:])
+            continue
         result = outcome(again, TRAINER.name)
-        if killed.code is not None and outcome(killed, TRAINER.name) != "handled":
-            result, again = outcome(killed, TRAINER.name), killed
         if result != "handled" or again.code != 0:
             tally.add(result if result != "handled" else "other", case, leftovers, again.stderr.strip()[-300:])
             continue
-        differs = _differences(expected, _train_results(output))
+        missing = sorted(RUN_FILES - {p.name for p in output.iterdir()})
+        differs = f"missing after the resume: {missing}" if missing else _differences(expected, _train_results(output))
         tally.add("data lost" if differs else "handled", case, leftovers, differs)
         shutil.rmtree(output)
     return tally
+
+
+def train_kills(work: Path, trials: int, rng: np.random.Generator, timeout: float) -> Tally:
+    """Kill train.py at random instants or renames, resume, and compare with an uninterrupted run."""
+    def cases(reference: Run) -> List[Tuple[str, Dict[str, Any]]]:
+        chosen = []
+        for i in range(trials):
+            if i % 2:
+                kill_at = int(rng.integers(1, reference.renames + 1))
+                chosen.append((f"before rename {kill_at}", {"kill_at": kill_at}))
+            else:
+                kill_after = float(rng.uniform(0, reference.seconds))
+                chosen.append((f"random instant {kill_after:.2f} s", {"kill_after": kill_after}))
+        return chosen
+
+    return _train_trials(Tally("train kill"), work, cases, timeout) if trials else Tally("train kill")
+
+
+def checkpoint_write_kills(work: Path, trials: int, rng: np.random.Generator, timeout: float) -> Tally:
+    """Kill train.py halfway through writing a checkpoint file (the background writer's work)."""
+    def cases(reference: Run) -> List[Tuple[str, Dict[str, Any]]]:
+        writes = rng.choice(np.arange(1, reference.writes + 1), size=min(trials, reference.writes), replace=False)
+        return [(f"halfway through checkpoint write {k} of {reference.writes}", {"kill_at": int(k), "patch": "checkpoint"})
+                for k in sorted(writes)]
+
+    return _train_trials(Tally("checkpoint write kill"), work, cases, timeout) if trials else Tally("checkpoint write kill")
+
+
+def run_end_kills(work: Path, trials: int, rng: np.random.Generator, timeout: float) -> Tally:
+    """Cut a run short at every write of its end (results, plots), resume, and check the folder is complete."""
+    def cases(reference: Run) -> List[Tuple[str, Dict[str, Any]]]:
+        first = reference.renames - END_RENAMES + 1
+        chosen = []
+        for k in range(first, reference.renames + 1):
+            end = f"end rename {k - first + 1} of {END_RENAMES}"
+            chosen += [
+                (f"SIGKILL before {end}", {"kill_at": k}),
+                (f"SIGKILL after {end}", {"kill_at": -k}),
+                (f"SIGTERM before {end}", {"kill_at": k, "patch": "term"}),
+                (f"SIGINT before {end}", {"kill_at": k, "patch": "int"}),
+                (f"full disk at {end}", {"kill_at": k, "patch": "enospc"}),
+            ]
+        while len(chosen) < trials:  # then random instants in the run's last quarter
+            kill_after = float(rng.uniform(0.75, 1.0) * reference.seconds)
+            chosen.append((f"SIGKILL at {kill_after:.2f} s", {"kill_after": kill_after}))
+        return chosen[:trials]
+
+    return _train_trials(Tally("run end kill"), work, cases, timeout) if trials else Tally("run end kill")
 
 
 def _train_results(run_folder: Path) -> Dict[str, Any]:
     """results.json and both checkpoints of a run, without timings and the run's own location."""
     import torch
 
-    results = {"results.json": json.loads((run_folder / "results.json").read_text())}
+    results = {"results.json": json.loads((run_folder / "results.json").read_text()),
+               "train.log": [" | ".join(part for i, part in enumerate(line.split(" | ")) if i != 1)
+                             for line in (run_folder / "train.log").read_text().splitlines()]}
     for name in ("last.pt", "best.pt"):
         results[name] = torch.load(run_folder / name, map_location="cpu", weights_only=True)
     return results
@@ -1084,10 +1187,10 @@ def odd_paths(work: Path, cases: int, rng: np.random.Generator, timeout: float) 
 
 def format_table(tallies: Sequence[Tally]) -> str:
     """The figures of every part, one row each."""
-    header = f"{'part':<16}{'tried':>7}" + "".join(f"{name:>11}" for name in OUTCOMES) + f"{'leftovers':>11}"
+    header = f"{'part':<22}{'tried':>7}" + "".join(f"{name:>11}" for name in OUTCOMES) + f"{'leftovers':>11}"
     rows = [header]
     for t in tallies:
-        rows.append(f"{t.name:<16}{t.tried:>7}" + "".join(f"{t.counts[n]:>11}" for n in OUTCOMES)
+        rows.append(f"{t.name:<22}{t.tried:>7}" + "".join(f"{t.counts[n]:>11}" for n in OUTCOMES)
                     + f"{t.leftovers:>11}")
     return "\n".join(rows)
 
@@ -1098,6 +1201,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--generator-kills", type=int, default=6,
                         help="random-instant kills of the generator (the kills at each rename come on top)")
     parser.add_argument("--train-kills", type=int, default=2, help="kills of train.py, each followed by --resume")
+    parser.add_argument("--checkpoint-kills", type=int, default=6,
+                        help="kills of train.py halfway through writing a checkpoint, each followed by --resume")
+    parser.add_argument("--end-kills", type=int, default=20,
+                        help="cuts of a run's end: the first 20 at each of its writes, the rest at random instants")
     parser.add_argument("--fuzz", type=int, default=40, help="damaged fer2013.csv / fer2013new.csv inputs")
     parser.add_argument("--label-fuzz", type=int, default=6, help="damaged label.csv inputs for train.py -e 0")
     parser.add_argument("--readers", type=int, default=4,
@@ -1121,6 +1228,7 @@ def main(args: argparse.Namespace) -> List[Tally]:
     rng = np.random.default_rng(args.seed)
     parts = (
         (generator_kills, args.generator_kills), (train_kills, args.train_kills),
+        (checkpoint_write_kills, args.checkpoint_kills), (run_end_kills, args.end_kills),
         (fer_csv_fuzz, args.fuzz), (label_csv_fuzz, args.label_fuzz),
         (readers_during_regeneration, args.readers), (hostile_names, args.hostile_names),
         (hostile_models, args.hostile_models), (special_outputs, args.special_outputs),

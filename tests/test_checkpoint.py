@@ -1,9 +1,12 @@
 """Checkpoints: a digest of the contents checked on every load, one-line errors for every bad file,
-and the file helpers of run folders (lock, temporaries, regular files only)."""
+saves on a background thread, and the file helpers of run folders (lock, temporaries, regular files only)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
+import threading
 import zipfile
 from pathlib import Path
 
@@ -12,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+import ferplus.checkpoint
 from ferplus.checkpoint import (
     DIGEST_KEY,
     FORMAT,
+    CheckpointWriter,
     content_digest,
     load_checkpoint,
     load_model,
@@ -190,3 +195,90 @@ def test_unknown_types_are_refused_when_saving(tmp_path):
     with pytest.raises(TypeError, match="not set"):
         save_checkpoint(tmp_path / "x.pt", {"model": MODEL, "mode": "majority", "model_state": {}, "extra": {1, 2}})
     assert list(tmp_path.iterdir()) == []
+
+
+# --- saves on a background thread ---------------------------------------------------------------
+
+
+def model_state(memory_format=torch.contiguous_format) -> dict:
+    torch.manual_seed(0)
+    return {"model": MODEL, "mode": "majority", "epoch": 3,
+            "model_state": create_model(MODEL).to(memory_format=memory_format).state_dict()}
+
+
+def test_writer_saves_in_the_background_from_a_copy(tmp_path, monkeypatch):
+    state = model_state()
+    expected = {key: tensor.clone() for key, tensor in state["model_state"].items()}
+    entered, release = threading.Event(), threading.Event()
+    real_serialise = ferplus.checkpoint.serialise
+
+    def held_serialise(payload):
+        entered.set()
+        assert release.wait(60)
+        return real_serialise(payload)
+
+    monkeypatch.setattr(ferplus.checkpoint, "serialise", held_serialise)
+    with CheckpointWriter() as writer:
+        writer.submit([tmp_path / "last.pt"], state)
+        assert entered.wait(60)  # submit returned while the save is still in progress
+        for tensor in state["model_state"].values():
+            tensor.add_(1)  # training goes on meanwhile
+        assert not (tmp_path / "last.pt").exists()
+        release.set()
+    saved = load_checkpoint(tmp_path / "last.pt")["model_state"]  # leaving the block waited for it
+    assert all(torch.equal(saved[key], expected[key]) for key in expected)
+
+
+def test_best_and_last_are_serialised_once(tmp_path, monkeypatch):
+    calls = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda *args, **kwargs: (calls.append(1), real_save(*args, **kwargs)))
+    with CheckpointWriter() as writer:
+        writer.submit([tmp_path / "best.pt", tmp_path / "last.pt"], model_state())
+    assert len(calls) == 1
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
+
+
+def test_channels_last_weights_are_digested_without_contiguous_copies(tmp_path, monkeypatch):
+    state = model_state(torch.channels_last)
+    assert any(not t.is_contiguous() for t in state["model_state"].values())
+    expected = content_digest(state)
+    copy = ferplus.checkpoint.snapshot(state)  # the host copy a save makes anyway is laid out contiguously
+    real_contiguous = torch.Tensor.contiguous
+
+    def no_copies(self, *args, **kwargs):
+        assert self.is_contiguous(), "the digest copied a tensor"
+        return real_contiguous(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "contiguous", no_copies)
+    assert content_digest(copy) == expected  # the same digest, so files of either layout load alike
+    monkeypatch.undo()
+    with CheckpointWriter() as writer:
+        writer.submit([tmp_path / "last.pt"], state)
+    assert all(torch.equal(a, b) for a, b in
+               zip(load_checkpoint(tmp_path / "last.pt")["model_state"].values(), state["model_state"].values()))
+
+
+def test_a_failed_background_save_is_raised_at_the_next_save_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = write_checkpoint(tmp_path / "last.pt")
+    before = path.read_bytes()
+    real_write = Path.write_bytes
+
+    def full_disk(self, data):
+        if self.name.startswith(".last.pt."):
+            real_write(self, bytes(data)[: len(data) // 2])  # the disk filled up halfway through
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    writer = CheckpointWriter()
+    writer.submit([path], model_state())
+    with pytest.raises(OSError) as failed:
+        writer.submit([path], model_state())
+    assert (failed.value.errno, failed.value.filename) == (errno.ENOSPC, str(path))
+    writer.wait()  # reported once
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+    writer.submit([path], model_state())
+    with pytest.raises(OSError):
+        writer.wait()  # at the end of a run too

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,59 @@ def test_two_process_gloo_run(small_data, tmp_path):
     assert [r["train_images"] for r in results["history"]] == [kept // PROCESSES * PROCESSES] * EPOCHS
 
 
+def start_ranks(argv: list) -> list:
+    """``train.py --model vgg13_tiny --device cpu ARGV`` as PROCESSES ranks started by hand (no torchrun)."""
+    with socket.socket() as probe:  # a free port for the process group's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, str(ROOT / "train.py"), "--model", "vgg13_tiny", "--device", "cpu", *map(str, argv)]
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(PROCESSES),
+                  "OMP_NUM_THREADS": "1"}
+    return [
+        subprocess.Popen(command, env={**os.environ, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in range(PROCESSES)
+    ]
+
+
+def run_ranks(argv: list) -> list:
+    """Start the ranks, wait for them; ``[(exit status, stderr)]`` in rank order."""
+    ranks = start_ranks(argv)
+    try:
+        errors = [rank.communicate()[1] for rank in ranks]  # a hang is the suite watchdog's to catch
+        return [(rank.returncode, err) for rank, err in zip(ranks, errors)]
+    finally:
+        for rank in ranks:
+            rank.kill()
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(small_data, tmp_path):
+    expected, output = tmp_path / "uninterrupted", tmp_path / "run"
+    argv = ["-d", small_data, "-e", EPOCHS, "-b", BATCH // 2]
+    assert [code for code, _ in run_ranks([*argv, "--output", expected])] == [0] * PROCESSES
+    ranks = start_ranks([*argv, "--output", output])
+    try:
+        log = output / "train.log"
+        while all(rank.poll() is None for rank in ranks) and (not log.exists() or "epoch   0 |" not in log.read_text()):
+            time.sleep(0.02)
+        ranks[1].send_signal(signal.SIGTERM)  # only rank 1, in the last epoch
+        finished = [rank.communicate() for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    partial = load_checkpoint(output / "last.pt")["partial_epoch"]
+    advice = f"{output / 'last.pt'} keeps epoch 1 up to step {partial['steps']} of "
+    for rank, (_, err) in zip(ranks, finished):
+        assert rank.returncode == 143, err[-2000:]
+        assert err.strip().startswith(f"train.py: error: stopped by SIGTERM; {advice}"), err  # the same step on both
+    assert partial["epoch"] == 1 and len(partial["ranks"]) == PROCESSES
+    assert [code for code, _ in run_ranks([*argv, "--output", output, "--resume"])] == [0] * PROCESSES
+    a, b = (load_checkpoint(folder / "last.pt") for folder in (expected, output))
+    for key, tensor in a["model_state"].items():
+        assert torch.equal(tensor, b["model_state"][key]), key
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
 def test_a_run_folder_in_use_stops_every_rank(small_data, tmp_path):
     """Rank 0 finds the folder locked; rank 1 must learn of it and stop too, not wait for rank 0.
 
@@ -65,21 +120,11 @@ def test_a_run_folder_in_use_stops_every_rank(small_data, tmp_path):
     once rank 0 failed and so hide a hang.
     """
     output = tmp_path / "run"
-    with socket.socket() as probe:  # a free port for the process group's rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        sys.executable, str(ROOT / "train.py"), "-d", str(small_data), "--model", "vgg13_tiny",
-        "--device", "cpu", "-e", str(EPOCHS), "--output", str(output),
-    ]
-    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(PROCESSES)}
     lock = FolderLock(output)  # another run holds the folder
     assert lock.acquire()
     ranks = []
     try:
-        for rank in range(PROCESSES):
-            env = {**os.environ, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)}
-            ranks.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        ranks = start_ranks(["-d", small_data, "-e", EPOCHS, "--output", output])
         finished = [rank.communicate() for rank in ranks]  # a hang is the suite watchdog's to catch
     finally:
         for rank in ranks:

@@ -79,7 +79,7 @@ def test_resume_from_the_run_folder_alone(small_data, tmp_path, monkeypatch, cap
         interrupt_at_epoch(patch, 1)
         assert train("-d", small_data, *STARTED, "--output", resumed) == 130
     hint = capsys.readouterr().err.strip().splitlines()[-1]
-    assert hint.endswith(f"continue with `python train.py --resume --output {resumed}`")
+    assert hint.endswith(f"continue with python train.py --resume --output {resumed}")
 
     # The hint, pasted as is: the mode, model, epochs and batch size come from the run's args.json.
     assert train("--resume", "--output", resumed) == 0

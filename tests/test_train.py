@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import ferplus.engine
+import ferplus.stopping
 from ferplus.checkpoint import load_checkpoint, load_model, save_checkpoint
 from ferplus.data import SPLIT_FOLDERS, EvalSet, TrainStream, read_folder, summary_table
 from ferplus.engine import TrainConfig
@@ -385,8 +386,8 @@ def test_existing_run_is_not_overwritten(runs, small_data, capsys):
     before = folder_state(runs["stopped"])
     assert train_cli(*tiny_args(small_data, runs["stopped"], "-e", 1)) == 2
     assert _one_line_error(capsys) == (
-        f"train.py: error: {runs['stopped']}: holds an earlier run (last.pt); "
-        f"continue it with `python train.py --resume --output {runs['stopped']}` or choose another --output for a new one"
+        f"train.py: error: {runs['stopped']}: holds an earlier run (last.pt); choose another --output for a new one, "
+        f"or continue it with: python train.py --resume --output {runs['stopped']}"
     )
     assert folder_state(runs["stopped"]) == before
 
@@ -497,8 +498,8 @@ def test_interrupted_run_says_how_to_go_on(runs, small_data, tmp_path, monkeypat
     monkeypatch.setattr(ferplus.engine, "plot_training_curves", interrupt)  # after the last epoch's checkpoint
     assert train_cli(*tiny_args(small_data, output, "-e", 1)) == 130
     assert _one_line_error(capsys) == (
-        f"train.py: interrupted; {output / 'last.pt'} keeps the last finished epoch: "
-        f"continue with `python train.py --resume --output {output}`"
+        f"train.py: interrupted; {output / 'last.pt'} keeps the last save: "
+        f"continue with python train.py --resume --output {output}"
     )
     # Interrupted before anything was written, there is nothing to go on from, and no folder left.
     monkeypatch.setattr(ferplus.engine, "read_folder", interrupt)
@@ -593,3 +594,247 @@ def test_fifo_named_as_an_image_does_not_hang(small_data, tmp_path, make_fifo, c
     assert _one_line_error(capsys) == (
         f"train.py: error: {valid / 'label.csv'}: line 1: image {valid / first_name}: cannot be read (not a regular file)"
     )
+
+
+# --- stopping at any step, and a run's end ---------------------------------------------------------
+
+STOP_BATCH = 16  # about ten steps an epoch on the small sample, so there are steps in between
+STOP_EPOCHS = 2
+
+
+def stop_args(data: Path, output: Path, *extra: str) -> list:
+    return tiny_args(data, output, "-e", STOP_EPOCHS, "-b", STOP_BATCH, *extra)
+
+
+def stop_config(data: Path, output: Path, **settings) -> ferplus.engine.TrainConfig:
+    """The run of :func:`stop_args` as the library takes it."""
+    return ferplus.engine.TrainConfig(
+        base_folder=str(data), model=MODEL, device="cpu", output=str(output), max_epochs=STOP_EPOCHS,
+        batch_size=STOP_BATCH, **settings,
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert train_cli(*stop_args(small_data, output)) == 0
+    return output
+
+
+@pytest.fixture(scope="module")
+def epoch_steps(small_data: Path) -> int:
+    return len(TrainStream(read_folder(small_data / SPLIT_FOLDERS["train"]), "majority", STOP_BATCH, "cpu"))
+
+
+def assert_same_run(expected: Path, found: Path) -> None:
+    """Both run folders hold every file, and the same weights, momentum, history, results and log."""
+    assert {p.name for p in found.iterdir()} == RUN_FILES
+    a, b = load_checkpoint(expected / "last.pt"), load_checkpoint(found / "last.pt")
+    assert "partial_epoch" not in b
+    for key, tensor in a["model_state"].items():
+        assert torch.equal(tensor, b["model_state"][key]), key
+    for x, y in zip(a["optimizer_state"]["state"].values(), b["optimizer_state"]["state"].values()):
+        assert torch.equal(x["momentum_buffer"], y["momentum_buffer"])
+    results = [json.loads((folder / "results.json").read_text()) for folder in (expected, found)]
+    assert run_independent(results[1]) == run_independent(results[0])
+    assert log_without_times(found / "train.log") == log_without_times(expected / "train.log")
+    for name in ("curves.png", "confusion_test.png"):
+        assert (found / name).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def signal_after(steps, signum: int, count: int) -> BaseException:
+    """Advance a run's generator, sending this process ``signum`` after its ``count``-th step; what it raised."""
+    done = 0
+    with pytest.raises((ferplus.engine.RunStopped, KeyboardInterrupt)) as stopped:
+        for marker in steps:
+            done += marker == ferplus.engine.STEP
+            if marker == ferplus.engine.STEP and done == count:
+                os.kill(os.getpid(), signum)
+    return stopped.value
+
+
+@pytest.mark.parametrize(
+    "signum, epoch, position",
+    [
+        (signal.SIGINT, 0, "first"),  # Ctrl-C in the first epoch saves too
+        (signal.SIGTERM, 0, "middle"),
+        (signal.SIGTERM, 0, "last"),
+        (signal.SIGINT, 1, "middle"),
+        (signal.SIGTERM, 1, "last"),  # the run's very last step
+    ],
+)
+def test_a_signal_stops_after_the_step_and_the_resumed_run_is_bit_identical(
+    uninterrupted, small_data, epoch_steps, tmp_path, signum, epoch, position
+):
+    output = tmp_path / "run"
+    step = {"first": 1, "middle": epoch_steps // 2, "last": epoch_steps}[position]
+    with ferplus.stopping.stop_on_signals():
+        stopped = signal_after(ferplus.engine.train_steps(stop_config(small_data, output)), signum,
+                               epoch * epoch_steps + step)
+    advice = (
+        f"{output / 'last.pt'} keeps epoch {epoch} up to step {step} of {epoch_steps}: "
+        f"continue with python train.py --resume --output {output}"
+    )
+    if signum == signal.SIGTERM:
+        assert isinstance(stopped, ferplus.engine.RunStopped) and stopped.exit_code == 143
+        assert str(stopped) == f"stopped by SIGTERM; {advice}"
+    else:
+        assert type(stopped) is KeyboardInterrupt and str(stopped) == advice  # train.py: exit 130
+    partial = load_checkpoint(output / "last.pt")["partial_epoch"]
+    assert (partial["epoch"], partial["steps"]) == (epoch, step)
+    assert not (output / "results.json").exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are put back
+
+    assert train_cli(*stop_args(small_data, output, "--resume")) == 0
+    assert_same_run(uninterrupted, output)
+
+
+def test_sigterm_to_a_training_process(uninterrupted, small_data, tmp_path):
+    output = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "train.py"), *map(str, stop_args(small_data, output))]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # bit-identity needs equal threads
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300  # a guard against a test that would wait forever, not a speed check
+        log = output / "train.log"
+        while process.poll() is None and time.monotonic() < deadline and (
+            not log.exists() or "epoch   0 |" not in log.read_text()
+        ):
+            time.sleep(0.02)
+        assert process.poll() is None, "the run ended before it could be stopped"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 143
+    assert re.fullmatch(
+        # in epoch 1, or at its start if the signal came while epoch 0 was saved
+        rf"train\.py: error: stopped by SIGTERM; {re.escape(str(output / 'last.pt'))} keeps epoch "
+        rf"(0|1 up to step \d+ of \d+): continue with python train\.py --resume --output {re.escape(str(output))}",
+        err.strip(),
+    ), err
+    assert train_cli(*stop_args(small_data, output, "--resume")) == 0
+    assert_same_run(uninterrupted, output)
+
+
+def test_checkpoints_on_a_timer_resume_mid_epoch(uninterrupted, small_data, epoch_steps, tmp_path):
+    done = epoch_steps + 3
+    for every, saved in ((0, False), (1e-9, True)):  # 0: only at epoch ends; a tiny interval: after every step
+        output = tmp_path / f"every{every}"
+        steps = ferplus.engine.train_steps(stop_config(small_data, output, checkpoint_every=every))
+        for _ in range(done + 1):  # STEP markers and the first epoch's EPOCH_SAVED
+            next(steps)
+        steps.close()  # as a kill would leave it, once the last save is on disk
+        state = load_checkpoint(output / "last.pt")
+        assert ("partial_epoch" in state) == saved
+        if saved:  # the save after step 3 would come when the run went on from its yield
+            assert (state["partial_epoch"]["epoch"], state["partial_epoch"]["steps"]) == (1, 2)
+    assert train_cli(*stop_args(small_data, output, "--resume")) == 0
+    assert_same_run(uninterrupted, output)
+
+
+def test_a_mid_epoch_checkpoint_needs_the_epoch_it_stopped_in(small_data, epoch_steps, tmp_path, capsys):
+    output = tmp_path / "run"
+    with ferplus.stopping.stop_on_signals():
+        signal_after(ferplus.engine.train_steps(stop_config(small_data, output)), signal.SIGTERM, epoch_steps + 1)
+    assert train_cli(*tiny_args(small_data, output, "-b", STOP_BATCH, "-e", 1, "--resume")) == 2
+    assert _one_line_error(capsys) == (
+        f"train.py: error: {output / 'last.pt'}: stopped partway through epoch 1; resume with --max-epochs 2 or more"
+    )
+
+
+def test_bad_checkpoint_interval(small_data, tmp_path, capsys):
+    assert train_cli(*tiny_args(small_data, tmp_path / "run", "--checkpoint-every", "-1")) == 2
+    assert "--checkpoint-every -1.0" in _one_line_error(capsys)
+
+
+def test_interleaved_runs_all_stop_and_resume_as_alone(uninterrupted, small_data, tmp_path, monkeypatch):
+    from ferplus import multirun
+
+    alone = tmp_path / "alone"
+    assert train_cli(*stop_args(small_data, alone, "--seed", 1)) == 0
+    outputs = [tmp_path / "seed0", tmp_path / "seed1"]
+    configs = [stop_config(small_data, outputs[seed], seed=seed) for seed in (0, 1)]
+    real_advance, done = multirun.InterleavedRun.advance, []
+
+    def advance(self):
+        marker = real_advance(self)
+        done.append(marker)
+        if done.count(ferplus.engine.STEP) == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return marker
+
+    monkeypatch.setattr(multirun.InterleavedRun, "advance", advance)
+    with pytest.raises(ferplus.engine.RunStopped):
+        multirun.train_interleaved(configs, jobs=2)
+    steps = [load_checkpoint(output / "last.pt")["partial_epoch"]["steps"] for output in outputs]
+    assert sorted(steps) == [3, 4]  # each finished the step it was in, then saved
+    monkeypatch.undo()
+    for output, expected in zip(outputs, (uninterrupted, alone)):
+        assert train_cli(*stop_args(small_data, output, "--seed", output.name[-1], "--resume")) == 0
+        assert_same_run(expected, output)
+
+
+@pytest.mark.parametrize("failure", ["interrupt", "full disk"])
+def test_a_run_stopped_while_writing_its_end_is_completed_on_resume(
+    uninterrupted, small_data, tmp_path, monkeypatch, capsys, failure
+):
+    output = tmp_path / "run"
+
+    def fail(*args, **kwargs):
+        if failure == "interrupt":
+            raise KeyboardInterrupt
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output / "confusion_test.png"))
+
+    monkeypatch.setattr(ferplus.engine, "plot_confusion_matrix", fail)  # after results.json, on the base code
+    assert train_cli(*stop_args(small_data, output)) == (130 if failure == "interrupt" else 1)
+    if failure == "interrupt":
+        assert _one_line_error(capsys) == (
+            f"train.py: interrupted; {output / 'last.pt'} keeps the last save: "
+            f"continue with python train.py --resume --output {output}"
+        )
+    assert not (output / "results.json").exists()  # so the run is not taken for finished
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert train_cli(*stop_args(small_data, output, "--resume")) == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    assert_same_run(uninterrupted, output)
+    # A run finished by an earlier version, whose plots went missing, is completed too.
+    (output / "curves.png").unlink()
+    assert train_cli(*stop_args(small_data, output, "--resume")) == 0
+    assert_same_run(uninterrupted, output)
+
+
+def test_the_confusion_matrix_is_counted_on_the_device_without_bincount(monkeypatch):
+    from ferplus.runtime import confusion_matrix
+
+    def bincount(*args, **kwargs):
+        raise AssertionError("bincount reads its input's min and max on the host: two syncs per batch")
+
+    monkeypatch.setattr(torch, "bincount", bincount)
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(n, 8, generator=generator), torch.randint(0, 8, (n,), generator=generator))
+               for n in (5, 256, 17)]
+    confusion = confusion_matrix(lambda scores: scores, batches)
+    expected = np.zeros((8, 8), np.int64)
+    for scores, labels in batches:
+        np.add.at(expected, (labels.numpy(), scores.argmax(1).numpy()), 1)
+    assert confusion.dtype == torch.int64 and np.array_equal(confusion.numpy(), expected)
+
+
+@pytest.mark.cuda
+def test_evaluation_makes_no_host_sync_per_batch():
+    from ferplus.runtime import confusion_matrix
+
+    model = create_model(MODEL).cuda().eval()
+    inputs = torch.randn(600, 1, 64, 64, device="cuda")
+    labels = torch.randint(0, 8, (600,), device="cuda")
+    batches = [(inputs[i:i + 256], labels[i:i + 256]) for i in range(0, 600, 256)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.no_grad():
+            confusion = confusion_matrix(model, batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(confusion.sum()) == 600

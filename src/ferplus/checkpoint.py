@@ -2,7 +2,9 @@
 and turned into ready models.
 
 A checkpoint records a SHA-256 digest of its contents, checked on every load, so a file damaged
-on disk or in transfer is refused instead of scored.
+on disk or in transfer is refused instead of scored. The trainer writes its checkpoints on a
+background thread (:class:`CheckpointWriter`) from a host copy of the state, so that training
+goes on while they are serialised, digested and written.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import io
 import math
 import os
 import pickle
+import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from types import TracebackType
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -66,8 +70,21 @@ def _hash_value(digest, value: Any) -> None:
         raise TypeError(f"a checkpoint holds tensors and plain data, not {type(value).__name__}")
 
 
-def save_checkpoint(path: PathLike, state: Dict[str, Any]) -> None:
-    """Save a checkpoint dict atomically, with the digest of its contents.
+def snapshot(state: Any) -> Any:
+    """A copy of ``state`` that later training cannot change: every tensor copied to the host
+    (contiguous, so that the digest reads it as it lies), dicts and lists copied."""
+    if isinstance(state, torch.Tensor):
+        # One copy, device to host or host to host; channels_last weights become contiguous in it.
+        return state.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+    if isinstance(state, dict):
+        return {key: snapshot(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(snapshot(value) for value in state)
+    return state
+
+
+def serialise(state: Dict[str, Any]) -> memoryview:
+    """The bytes of a checkpoint of ``state``: its format, contents and digest.
 
     ``state`` must hold ``model`` (registry name), ``mode`` and ``model_state`` (a state dict);
     the trainer adds the epoch, optimiser state, history and resolved configuration.
@@ -81,7 +98,65 @@ def save_checkpoint(path: PathLike, state: Dict[str, Any]) -> None:
     # OSError it is, which torch.save would turn into a RuntimeError.
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
+    return buffer.getbuffer()
+
+
+def write_bytes(paths: Sequence[PathLike], data: memoryview) -> None:
+    """Write ``data`` to each of ``paths`` in turn, each atomically."""
+    for path in paths:
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def save_checkpoint(path: PathLike, state: Dict[str, Any]) -> None:
+    """Save a checkpoint dict atomically, with the digest of its contents (see :func:`serialise`)."""
+    write_bytes([path], serialise(state))
+
+
+class CheckpointWriter:
+    """Saves checkpoints on a background thread, one at a time, in the order given.
+
+    :meth:`submit` takes a host copy of the state (the only part the caller waits for) and
+    returns; the copy is serialised once and written to each of its paths atomically, so a kill
+    at any instant leaves every earlier file whole. A failed write (a full disk) is raised by
+    the next :meth:`submit` or :meth:`wait`; leaving the ``with`` block waits for the last one.
+    """
+
+    def __init__(self) -> None:
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def submit(self, paths: Sequence[PathLike], state: Dict[str, Any]) -> None:
+        """Save ``state`` to every one of ``paths`` (the same bytes), in the background."""
+        self.wait()  # one save in flight at most: memory stays bounded and errors surface in order
+        copy = snapshot(state)
+        self._thread = threading.Thread(target=self._save, args=(list(paths), copy), name="checkpoint writer")
+        self._thread.start()
+
+    def _save(self, paths: Sequence[PathLike], state: Dict[str, Any]) -> None:
+        try:
+            write_bytes(paths, serialise(state))
+        except BaseException as e:  # raised in the training thread, which can act on it
+            self._error = e
+
+    def wait(self) -> None:
+        """Block until the save in flight is on disk; raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def __enter__(self) -> "CheckpointWriter":
+        return self
+
+    def __exit__(
+        self, kind: Optional[Type[BaseException]], error: Optional[BaseException], trace: Optional[TracebackType]
+    ) -> None:
+        if kind is None:
+            self.wait()
+        elif self._thread is not None:  # already failing: finish the save, report the first error
+            self._thread.join()
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:

@@ -5,38 +5,48 @@ leaves a run folder behind::
 
     args.json           the resolved configuration, written when the run starts
     train.log           the data summary table, one line per epoch, the final result
-    last.pt             the checkpoint after the latest completed epoch (every epoch)
+    last.pt             the checkpoint after the latest completed epoch (every epoch), or of
+                        an epoch stopped partway (a stop signal, --checkpoint-every)
     best.pt             the checkpoint of the best validation epoch so far
-    results.json        test accuracy at the best validation epoch, per-class figures, timings
     curves.png          loss and accuracies per epoch
     confusion_test.png  the test confusion matrix at the best validation epoch
     tensorboard/        with ``tensorboard``: TensorBoard event files (:mod:`ferplus.monitor`)
+    results.json        test accuracy at the best validation epoch, per-class figures, timings;
+                        written last, so a run that has it has every file
 
 Epochs are numbered from 0, as in the reference trainer's loop: epochs 0–19 run at the base
 learning rate, 20–39 at half of it and 40 onwards at a tenth. Every epoch's randomness
 (shuffle, augmentation, probability draws, dropout) is a pure function of (seed, epoch,
-rank), so a run resumed from ``last.pt`` ends bit-identical (on CPU) to an uninterrupted one.
+rank), so a run resumed from ``last.pt`` ends bit-identical (on CPU) to an uninterrupted one,
+also from a checkpoint taken partway through an epoch.
+
+Checkpoints are written on a background thread while the next epoch trains. SIGTERM and
+SIGINT during training (:mod:`ferplus.stopping`) finish the current step, save such a
+mid-epoch checkpoint and stop the run with the command that resumes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import platform
 import shlex
+import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Generator, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Generator, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from . import distributed, stopping
+from .checkpoint import CheckpointWriter, load_checkpoint
 from .data import EvalSet, TrainStream, read_data_folder, summary_table
 from .errors import FerplusError
 from .fileio import FolderLock, atomic_write, read_regular_file, remove_stale_temporaries, write_json
@@ -80,6 +90,23 @@ RESUME_KEYS = (
     "best_val_accuracy", "best_epoch", "test_accuracy", "test_confusion",
 )
 STARTED_SETTINGS = (*RESUME_FIXED_SETTINGS, "world_size")
+#: A checkpoint taken partway through an epoch holds this key (see :class:`EpochPosition`).
+PARTIAL_EPOCH = "partial_epoch"
+#: Minutes between mid-epoch checkpoints when ``--checkpoint-every`` is not given, by device
+#: type: a CPU epoch takes up to an hour, a GPU epoch seconds (0: none).
+DEFAULT_CHECKPOINT_EVERY = {"cpu": 10.0, "cuda": 0.0}
+#: Steps between the ranks' agreement on stopping or saving under torchrun: each is a
+#: collective call, and on CUDA a host sync, so it is rare there.
+STOP_POLL_STEPS = {"cpu": 1, "cuda": 50}
+#: Exit status of a run stopped by SIGTERM (128 + the signal, as a shell reports it).
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class RunStopped(FerplusError):
+    """A run stopped by SIGTERM after saving where it was; exit status 143."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=EXIT_TERMINATED)
 
 
 def learning_rate(base_lr: float, epoch: int) -> float:
@@ -122,6 +149,25 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence((seed, epoch, rank, DROPOUT_SEED_TAG)).generate_state(1)[0])
 
 
+@dataclass
+class EpochPosition:
+    """How far one rank got into an epoch: what a mid-epoch checkpoint needs to go on exactly.
+
+    ``steps`` minibatches (``images`` images) are done; ``loss_sum`` and ``correct`` are that
+    rank's running totals and ``dropout_rng`` its CPU generator state after the last of them.
+    The data stream needs nothing more: its draws are a pure function of (seed, epoch, rank),
+    so it is replayed up to ``steps`` and the finished minibatches are dropped.
+    """
+
+    TENSORS = ("loss_sum", "correct", "dropout_rng")
+
+    steps: int = 0
+    images: int = 0
+    loss_sum: Optional[torch.Tensor] = None
+    correct: Optional[torch.Tensor] = None
+    dropout_rng: Optional[torch.Tensor] = None
+
+
 def evaluate(
     model: nn.Module, eval_set: EvalSet, batch_size: int = EVAL_BATCH_SIZE, rank: int = 0, world_size: int = 1
 ) -> np.ndarray:
@@ -138,28 +184,43 @@ def evaluate(
 
 
 def train_one_epoch(
-    step: EagerStep, stream: TrainStream, epoch: int, progress: bool = False
+    step: EagerStep,
+    stream: TrainStream,
+    epoch: int,
+    progress: bool = False,
+    start: Optional[EpochPosition] = None,
+    after_step: Optional[Callable[[int, int], None]] = None,
 ) -> Generator[str, None, Tuple[torch.Tensor, torch.Tensor, int]]:
     """One pass over this rank's shard of epoch ``epoch``, yielding :data:`STEP` after each minibatch.
 
     With ``progress``, a bar (on a terminal) or a line now and then (elsewhere) shows the
     images done, images/s and the time left (:class:`~ferplus.progress.EpochProgress`).
-
+    ``start`` continues the epoch from a mid-epoch checkpoint (the caller has set the dropout
+    generator); ``after_step(steps, images)`` runs after each yield, at a step boundary.
     Returns ``(loss_sum, correct, images)``: the summed per-image loss and the number of
     correct argmax predictions as device tensors (no host sync inside the loop), and the number
     of images seen.
     """
     step.model.train()
     step.start_epoch()
-    images = 0
+    batches: Iterator = stream.epoch(epoch)
+    steps = images = 0
+    if start is not None and start.steps:
+        steps, images = start.steps, start.images
+        step.loss_sum.copy_(start.loss_sum)
+        step.correct.copy_(start.correct)
+        batches = itertools.islice(batches, steps, None)  # drawn as before, the finished ones dropped
     # The bar counts images on the host: it never reads a device tensor, so it adds no sync.
-    bar = EpochProgress(epoch, stream.shard_size) if progress else None
-    for inputs, targets, labels in stream.epoch(epoch):
+    bar = EpochProgress(epoch, stream.shard_size, done=images) if progress else None
+    for inputs, targets, labels in batches:
         step(inputs, targets, labels)
+        steps += 1
         images += len(inputs)
         if bar is not None:
             bar.update(images)
         yield STEP
+        if after_step is not None:
+            after_step(steps, images)
     if bar is not None:
         bar.close()
     return step.loss_sum, step.correct, images
@@ -216,6 +277,9 @@ def _check_config(config: TrainConfig) -> None:
         raise FerplusError(f"--seed {config.seed}: the seed must be below 2**63")
     if not 0 < config.lr <= MAX_LR:
         raise FerplusError(f"--lr {config.lr}: the learning rate must be a positive number up to {MAX_LR:g}")
+    every = config.checkpoint_every
+    if every is not None and not (every >= 0 and math.isfinite(every)):
+        raise FerplusError(f"--checkpoint-every {every}: give the minutes between checkpoints (0: none)")
     if not Path(config.base_folder).is_dir():
         raise FerplusError(f"{config.base_folder}: no such data folder")
     if config.tensorboard:
@@ -256,8 +320,8 @@ def _resume_state(config: TrainConfig, output: Path) -> Optional[Dict[str, Any]]
         for name in (LAST_CHECKPOINT, RESULTS_FILE):
             if (output / name).exists():
                 raise FerplusError(
-                    f"{output}: holds an earlier run ({name}); continue it with `{resume_command(output)}` "
-                    "or choose another --output for a new one"
+                    f"{output}: holds an earlier run ({name}); choose another --output for a new one, "
+                    f"or continue it with: {resume_command(output)}"
                 )
         return None
     if not last_path.is_file():
@@ -285,10 +349,19 @@ def _resume_state(config: TrainConfig, output: Path) -> Optional[Dict[str, Any]]
             f"{last_path}: the run was started with {started['world_size']} processes, "
             f"not {distributed.launched_world_size()}; resume with the same number"
         )
-    if len(state["history"]) > config.max_epochs:
+    trained = len(state["history"])
+    if trained > config.max_epochs:
         raise FerplusError(
-            f"{last_path}: already trained {len(state['history'])} epochs, more than --max-epochs {config.max_epochs}"
+            f"{last_path}: already trained {trained} epochs, more than --max-epochs {config.max_epochs}"
         )
+    partial = state.get(PARTIAL_EPOCH)
+    if partial is not None:
+        if not _partial_fits(partial, trained, started["world_size"]):
+            raise FerplusError(f"{last_path}: damaged: its record of the epoch in progress does not fit the run")
+        if trained == config.max_epochs:
+            raise FerplusError(
+                f"{last_path}: stopped partway through epoch {trained}; resume with --max-epochs {trained + 1} or more"
+            )
     # The weights and optimiser state must fit before the run folder is written to.
     model = create_model(config.model)
     try:
@@ -298,6 +371,30 @@ def _resume_state(config: TrainConfig, output: Path) -> Optional[Dict[str, Any]]
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FerplusError(f"{last_path}: its weights do not fit model {config.model} ({detail})") from None
     return state
+
+
+def _partial_fits(partial: Any, trained: int, world_size: int) -> bool:
+    """Whether a checkpoint's record of an epoch in progress is one this trainer wrote for it."""
+    if not isinstance(partial, dict) or partial.get("epoch") != trained:
+        return False
+    ranks = partial.get("ranks")
+    numbers = [partial.get(key) for key in ("steps", "images")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        return False
+    seconds = partial.get("seconds")
+    if not isinstance(seconds, float) or not isinstance(ranks, list) or len(ranks) != world_size:
+        return False
+    for rank in ranks:
+        if not isinstance(rank, dict) or not all(isinstance(rank.get(key), torch.Tensor) for key in EpochPosition.TENSORS):
+            return False
+        if rank["loss_sum"].dim() or rank["correct"].dim() or rank["dropout_rng"].dtype != torch.uint8:
+            return False
+    return True
+
+
+def _epoch_position(partial: Dict[str, Any], rank: int) -> EpochPosition:
+    """This rank's place in the epoch a mid-epoch checkpoint stopped in."""
+    return EpochPosition(partial["steps"], partial["images"], **partial["ranks"][rank])
 
 
 def read_results(path: Path) -> Dict[str, Any]:
@@ -365,11 +462,15 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     With ``max_epochs == 0`` it only reads the data, prints the summary table and returns
     ``{"counts": ...}``. Otherwise the run folder is locked for the whole run (on rank 0), so a
     second run on it fails at once; resuming a finished run with nothing left to train returns
-    its results and writes nothing. User errors raise :class:`FerplusError` (exit 2), all of
-    them before anything is written; a non-finite training loss stops the run with exit code 1,
-    leaving the last good ``last.pt``.
+    its results and writes nothing (a finished run that lacks a file gets it written). User
+    errors raise :class:`FerplusError` (exit 2), all of them before anything is written; a
+    non-finite training loss stops the run with exit code 1, leaving the last good ``last.pt``.
+    SIGTERM or SIGINT during training saves a mid-epoch ``last.pt`` after the current step and
+    raises :class:`RunStopped` (exit 143) or ``KeyboardInterrupt`` (exit 130) with the command
+    that resumes the run.
     """
-    return run_to_end(train_steps(config))
+    with stopping.stop_on_signals():
+        return run_to_end(train_steps(config))
 
 
 def run_to_end(steps: RunSteps) -> Dict[str, Any]:
@@ -400,12 +501,11 @@ def train_steps(config: TrainConfig) -> RunSteps:
     try:
         with claim:
             return (yield from _train(config, output, device, dist_info, started))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         last = output / LAST_CHECKPOINT
-        if config.max_epochs > 0 and last.is_file():
-            advice = f"{last} keeps the last finished epoch: continue with `{resume_command(output)}`"
-            raise KeyboardInterrupt(advice) from None
-        raise
+        if str(e) or config.max_epochs == 0 or not last.is_file():
+            raise
+        raise KeyboardInterrupt(f"{last} keeps the last save: continue with {resume_command(output)}") from None
     finally:
         distributed.cleanup()
 
@@ -425,7 +525,8 @@ def _train(
     state = _resume_state(config, output) if config.max_epochs > 0 else None
     finished = state is not None and len(state["history"]) == config.max_epochs
     results = finished_results(output, config.max_epochs) if finished else None
-    if results is not None:
+    # A run stopped while it wrote its end lacks a file: the end is written again.
+    if results is not None and all((output / name).is_file() for name in RUN_FILES):
         if main:
             print(f"{output}: already trained {config.max_epochs} epochs, nothing to do (raise -e to train longer)")
         return results
@@ -468,11 +569,13 @@ def _train(
     optimizer = make_optimizer(raw_model, config.lr, config.momentum)
     history: List[Dict[str, Any]] = []
     best = {"best_val_accuracy": -1.0, "best_epoch": None, "test_accuracy": None, "test_confusion": None}
+    partial: Optional[Dict[str, Any]] = None
     if state is not None:
         raw_model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         history = state["history"]
         best = {key: state[key] for key in best}
+        partial = state.get(PARTIAL_EPOCH)
     start_epoch = len(history)
     model = raw_model
     if dist_info.enabled:
@@ -493,74 +596,134 @@ def _train(
         header = table + "\n" + "".join(format_epoch_line(record) + "\n" for record in history)
         atomic_write(log_path, lambda tmp: Path(tmp).write_text(header))
 
-    def checkpoint() -> Dict[str, Any]:
+    def checkpoint(epoch: int) -> Dict[str, Any]:
         return {
             "model": config.model,
             "mode": mode,
             "model_state": raw_model.state_dict(),
-            "epoch": history[-1]["epoch"],  # the epoch these weights come from, as train.log numbers it
+            "epoch": epoch,  # the epoch these weights come from, as train.log numbers it
             "config": resolved,
             "optimizer_state": optimizer.state_dict(),
             "history": history,
             **best,
         }
 
+    every = config.checkpoint_every
+    if every is None:
+        every = DEFAULT_CHECKPOINT_EVERY[device.type]
+    poll_steps = STOP_POLL_STEPS[device.type] if dist_info.enabled else 1
     progress = main
-    for epoch in range(start_epoch, config.max_epochs):
-        epoch_start = time.perf_counter()
-        lr = learning_rate(config.lr, epoch)
-        step.set_lr(lr)
-        torch.manual_seed(epoch_seed(config.seed, epoch, rank))  # dropout masks
-        loss_sum, correct, images = yield from train_one_epoch(step, stream, epoch, progress)
-        totals = torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(float(images))])
-        loss_sum, correct, images = distributed.all_reduce_sum(totals).tolist()  # the epoch's one host sync
-        train_seconds = time.perf_counter() - epoch_start
-        train_loss = loss_sum / images
-        if not math.isfinite(train_loss):
-            kept = f"{output / LAST_CHECKPOINT} keeps epoch {history[-1]['epoch']}" if history else "no checkpoint written"
-            message = (
-                f"epoch {epoch}: the training loss is {train_loss} (not finite); "
-                f"stopped ({kept}); try a lower --lr"
-            )
-            if main:
-                _append(log_path, message + "\n")
-            raise FerplusError(message, exit_code=1)
+    last_path = output / LAST_CHECKPOINT
+    kept = f"{last_path} keeps epoch {history[-1]['epoch']}" if history else "no checkpoint written"
+    with CheckpointWriter() as writer, stopping.training():
+        last_save = time.monotonic()
 
-        distributed.broadcast_buffers(raw_model)  # the ranks evaluate, and rank 0 saves, one model
-        val_accuracy = summarize(evaluate(raw_model, val_set, EVAL_BATCH_SIZE, rank, world_size))["accuracy"]
-        test_accuracy = None
-        improved = val_accuracy > best["best_val_accuracy"]
-        if improved:  # test only at new best validation epochs: the result never selects on the test set
-            test_confusion = evaluate(raw_model, test_set, EVAL_BATCH_SIZE, rank, world_size)
-            test_accuracy = summarize(test_confusion)["accuracy"]
-            best = {
-                "best_val_accuracy": val_accuracy,
-                "best_epoch": epoch,
+        def agree(due: bool) -> Tuple[int, bool]:
+            """(the stop signal or 0, whether a save is due), the same on every rank: any rank's
+            signal and rank 0's clock decide for all."""
+            signum = stopping.requested() or 0
+            if not dist_info.enabled:
+                return signum, due
+            flags = torch.tensor([signum, int(due and main)], device=device)
+            signum, due = distributed.all_reduce_max(flags).tolist()
+            return int(signum), bool(due)
+
+        def save_partial(epoch: int, steps: int, images: int, seconds: float) -> None:
+            """Save the epoch so far as last.pt, in the background (every rank takes part)."""
+            nonlocal kept
+            position = {"loss_sum": step.loss_sum, "correct": step.correct, "dropout_rng": torch.get_rng_state()}
+            ranks = distributed.all_gather_objects({key: value.detach().cpu() for key, value in position.items()})
+            if not all(math.isfinite(rank["loss_sum"].item()) for rank in ranks):
+                return  # diverged: the epoch's end stops the run, with the last good last.pt kept
+            if main:
+                record = {"epoch": epoch, "steps": steps, "images": images, "seconds": seconds, "ranks": ranks}
+                writer.submit([last_path], {**checkpoint(epoch), PARTIAL_EPOCH: record})
+            kept = f"{last_path} keeps epoch {epoch} up to step {steps} of {len(stream)}"
+
+        for epoch in range(start_epoch, config.max_epochs):
+            epoch_start = time.perf_counter()
+            lr = learning_rate(config.lr, epoch)
+            step.set_lr(lr)
+            torch.manual_seed(epoch_seed(config.seed, epoch, rank))  # dropout masks
+            start = _epoch_position(partial, rank) if partial is not None and partial["epoch"] == epoch else None
+            earlier_seconds = partial["seconds"] if start is not None else 0.0
+            if start is not None and device.type == "cpu":
+                torch.set_rng_state(start.dropout_rng)  # the draws go on where they stopped
+            elif start is not None:  # a CUDA graph's draws cannot be set back: fresh ones for the rest
+                torch.manual_seed(epoch_seed(config.seed, epoch, rank) + start.steps)
+
+            def after_step(steps: int, images: int) -> None:
+                """At a step boundary: stop on a signal, save on the timer (every rank decides alike)."""
+                nonlocal last_save
+                if steps % poll_steps:
+                    return
+                signum, due = agree(every > 0 and time.monotonic() - last_save >= 60 * every)
+                if not (signum or due):
+                    return
+                save_partial(epoch, steps, images, earlier_seconds + time.perf_counter() - epoch_start)
+                last_save = time.monotonic()
+                if signum:
+                    writer.wait()
+                    _stop(signum, kept, output)
+
+            loss_sum, correct, images = yield from train_one_epoch(step, stream, epoch, progress, start, after_step)
+            totals = torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(float(images))])
+            loss_sum, correct, images = distributed.all_reduce_sum(totals).tolist()  # the epoch's one host sync
+            train_seconds = earlier_seconds + time.perf_counter() - epoch_start
+            train_loss = loss_sum / images
+            if not math.isfinite(train_loss):
+                message = (
+                    f"epoch {epoch}: the training loss is {train_loss} (not finite); "
+                    f"stopped ({kept}); try a lower --lr"
+                )
+                writer.wait()
+                if main:
+                    _append(log_path, message + "\n")
+                raise FerplusError(message, exit_code=1)
+
+            distributed.broadcast_buffers(raw_model)  # the ranks evaluate, and rank 0 saves, one model
+            val_accuracy = summarize(evaluate(raw_model, val_set, EVAL_BATCH_SIZE, rank, world_size))["accuracy"]
+            test_accuracy = None
+            improved = val_accuracy > best["best_val_accuracy"]
+            if improved:  # test only at new best validation epochs: the result never selects on the test set
+                test_confusion = evaluate(raw_model, test_set, EVAL_BATCH_SIZE, rank, world_size)
+                test_accuracy = summarize(test_confusion)["accuracy"]
+                best = {
+                    "best_val_accuracy": val_accuracy,
+                    "best_epoch": epoch,
+                    "test_accuracy": test_accuracy,
+                    "test_confusion": test_confusion.tolist(),
+                }
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_accuracy": correct / images,
+                "val_accuracy": val_accuracy,
                 "test_accuracy": test_accuracy,
-                "test_confusion": test_confusion.tolist(),
+                "lr": lr,
+                "seconds": earlier_seconds + time.perf_counter() - epoch_start,
+                "train_seconds": train_seconds,
+                "train_images": int(images),
             }
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_accuracy": correct / images,
-            "val_accuracy": val_accuracy,
-            "test_accuracy": test_accuracy,
-            "lr": lr,
-            "seconds": time.perf_counter() - epoch_start,
-            "train_seconds": train_seconds,
-            "train_images": int(images),
-        }
-        history.append(record)
-        if main:
-            if improved:
-                save_checkpoint(output / BEST_CHECKPOINT, checkpoint())
-            save_checkpoint(output / LAST_CHECKPOINT, checkpoint())
-            line = format_epoch_line(record)
-            _append(log_path, line + "\n")
-            print(line, flush=True)
-            if board is not None:
-                board.epoch(record)
-        yield EPOCH_SAVED
+            history.append(record)
+            partial = None
+            if main:
+                # best.pt before last.pt, one serialisation for both: a kill between the two
+                # leaves a last.pt whose run retrains this epoch and saves best.pt again.
+                saved = [output / BEST_CHECKPOINT] if improved else []
+                writer.submit([*saved, last_path], checkpoint(epoch))
+                line = format_epoch_line(record)
+                _append(log_path, line + "\n")
+                print(line, flush=True)
+                if board is not None:
+                    board.epoch(record)
+            kept, last_save = f"{last_path} keeps epoch {epoch}", time.monotonic()
+            yield EPOCH_SAVED
+            signum, _ = agree(False)
+            if signum and epoch + 1 < config.max_epochs:  # a signal while it evaluated or saved
+                writer.wait()
+                _stop(signum, kept, output)
+        writer.wait()  # every checkpoint on disk before the run's end is written
 
     results = {
         "mode": mode,
@@ -584,11 +747,22 @@ def _train(
     if main:
         final_lines = format_final_lines(best["best_val_accuracy"], best["best_epoch"], best["test_accuracy"])
         _append(log_path, final_lines)
-        print(final_lines + f"run folder: {output}", flush=True)
-        write_json(output / RESULTS_FILE, results)
         plot_training_curves(history, best["best_epoch"], output / CURVES_FILE)
         title = f"{run_folder_name(config.model, mode)}: test at best validation epoch {best['best_epoch']}"
         plot_confusion_matrix(np.asarray(best["test_confusion"]), output / CONFUSION_FILE, title)
         if board is not None:
             board.finish(results, output / CONFUSION_FILE, resolved)
+        # Last: a run folder with results.json is a finished run with every file in it.
+        write_json(output / RESULTS_FILE, results)
+        print(final_lines + f"run folder: {output}", flush=True)
     return results
+
+
+def _stop(signum: int, kept: str, output: Path) -> None:
+    """End a run stopped by ``signum`` once its last.pt holds where it was (``kept`` says where):
+    KeyboardInterrupt for SIGINT (exit 130), :class:`RunStopped` for SIGTERM (exit 143), each
+    with the command that resumes the run."""
+    advice = f"{kept}: continue with {resume_command(output)}"
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt(advice)
+    raise RunStopped(f"stopped by {stopping.signal_name(signum)}; {advice}")

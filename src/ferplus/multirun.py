@@ -23,7 +23,8 @@ from typing import List, Optional, Sequence, TextIO, Tuple
 
 import torch
 
-from .engine import EPOCH_SAVED, RunSteps, TrainConfig, train_steps
+from . import stopping
+from .engine import EPOCH_SAVED, RunSteps, RunStopped, TrainConfig, train_steps
 from .runtime import resolve_device
 from .errors import FerplusError, make_output_safe
 
@@ -106,7 +107,8 @@ def train_interleaved(configs: Sequence[TrainConfig], jobs: int, deadline: Optio
     A run starts when a slot is free; from the ``deadline`` (a ``time.time()`` value) on, no run
     starts and running ones stop after their next saved epoch (their ``last.pt`` resumes them).
     Returns each config's results in order, None for a run stopped or never started. An error
-    in one run stops all and is raised.
+    in one run stops all and is raised. SIGTERM or SIGINT stops every running run at its next
+    step, each saving where it was, and then raises the first run's stop.
     """
     results: List[Results] = [None] * len(configs)
     waiting = deque(enumerate(configs))
@@ -115,28 +117,12 @@ def train_interleaved(configs: Sequence[TrainConfig], jobs: int, deadline: Optio
     if configs and resolve_device(configs[0].device).type == "cuda":
         generator = torch.cuda.default_generators[torch.cuda.current_device()]
         cuda_state = generator, generator.graphsafe_get_state(), torch.cuda.current_stream()
+    stopped: List[BaseException] = []
     try:
-        while waiting or active:
-            while waiting and len(active) < jobs and not _expired(deadline):
-                index, config = waiting.popleft()
-                name = Path(config.output).name if config.output else None
-                print(f"== {name}: training", flush=True)
-                device = resolve_device(config.device)
-                active.append((index, InterleavedRun(train_steps(config), device, name)))
-            if not active:
-                break
-            for entry in list(active):
-                index, run = entry
-                try:
-                    marker = run.advance()
-                except StopIteration as stop:
-                    results[index] = stop.value
-                    active.remove(entry)
-                    continue
-                if marker == EPOCH_SAVED and _expired(deadline):
-                    run.close()
-                    active.remove(entry)
-                    print(f"== {Path(configs[index].output).name}: stopped at the time budget (resumable)", flush=True)
+        with stopping.stop_on_signals():
+            _advance_all(configs, jobs, deadline, waiting, active, results, stopped)
+        if stopped:
+            raise stopped[0]
     finally:
         for _, run in active:
             run.close()
@@ -145,6 +131,46 @@ def train_interleaved(configs: Sequence[TrainConfig], jobs: int, deadline: Optio
             generator.graphsafe_set_state(state)
             torch.cuda.set_stream(stream)
     return results
+
+
+def _advance_all(
+    configs: Sequence[TrainConfig],
+    jobs: int,
+    deadline: Optional[float],
+    waiting: deque,
+    active: List[Tuple[int, InterleavedRun]],
+    results: List[Results],
+    stopped: List[BaseException],
+) -> None:
+    """Round-robin steps of the active runs until all have ended (see :func:`train_interleaved`)."""
+    while waiting or active:
+        while waiting and len(active) < jobs and not _expired(deadline) and not stopping.requested():
+            index, config = waiting.popleft()
+            name = Path(config.output).name if config.output else None
+            print(f"== {name}: training", flush=True)
+            device = resolve_device(config.device)
+            active.append((index, InterleavedRun(train_steps(config), device, name)))
+        if not active:
+            break
+        for entry in list(active):
+            index, run = entry
+            try:
+                marker = run.advance()
+            except StopIteration as stop:
+                results[index] = stop.value
+                active.remove(entry)
+                continue
+            except (RunStopped, KeyboardInterrupt) as stop:
+                if not stopping.requested():
+                    raise
+                stopped.append(stop)  # saved; the others stop at their own next step
+                active.remove(entry)
+                print(f"== {Path(configs[index].output).name}: {stop}", flush=True)
+                continue
+            if marker == EPOCH_SAVED and _expired(deadline):
+                run.close()
+                active.remove(entry)
+                print(f"== {Path(configs[index].output).name}: stopped at the time budget (resumable)", flush=True)
 
 
 def _worker(task: Tuple[int, int, bool, List[TrainConfig], int, Optional[float]]) -> object:

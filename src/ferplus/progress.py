@@ -36,8 +36,10 @@ class EpochProgress:
     :data:`PLAIN_LINE_SECONDS`, read when the epoch starts); stderr then holds only errors.
     """
 
-    def __init__(self, epoch: int, total: int, interval: Optional[float] = None) -> None:
-        self.epoch, self.total = epoch, total
+    def __init__(self, epoch: int, total: int, interval: Optional[float] = None, done: int = 0) -> None:
+        # ``done``: images an earlier session trained in this epoch (a resumed mid-epoch
+        # checkpoint); they count towards the share, not towards this session's rate.
+        self.epoch, self.total, self.done = epoch, total, done
         self.terminal = sys.stderr.isatty()
         self.stream: TextIO = sys.stderr if self.terminal else sys.stdout
         self.interval = BAR_REFRESH_SECONDS if self.terminal else (PLAIN_LINE_SECONDS if interval is None else interval)
@@ -47,7 +49,7 @@ class EpochProgress:
     def line(self, images: int, now: float) -> str:
         """The progress text after ``images`` images at time ``now``."""
         elapsed = max(now - self.start, 1e-9)
-        rate = images / elapsed
+        rate = (images - self.done) / elapsed
         eta = format_duration((self.total - images) / rate) if rate > 0 else "?"
         share = images / self.total if self.total else 1.0
         text = f"{share:4.0%} {images:,}/{self.total:,} {rate:.0f} img/s eta {eta}"

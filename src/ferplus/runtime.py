@@ -47,14 +47,16 @@ def predict_scores(model: nn.Module, inputs: torch.Tensor, batch_size: int = EVA
 def confusion_matrix(score: ScoreFn, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """The (8, 8) int64 confusion counts of ``score`` over ``(inputs, labels)`` batches.
 
-    Rows are true classes, columns predicted ones. Counts accumulate on the labels' device, so
-    scoring on a GPU never waits for the host; the matrix is on that device.
+    Rows are true classes, columns predicted ones. Counts accumulate on the labels' device by a
+    scatter-add (``bincount`` would read its input's min and max on the host, two syncs per
+    batch), so scoring on a GPU never waits for the host; the matrix is on that device.
     """
     confusion = None
     for inputs, labels in batches:
         predicted = score(inputs).argmax(dim=1).to(labels.device)
-        counts = torch.bincount(labels * NUM_EMOTIONS + predicted, minlength=NUM_EMOTIONS**2)
-        confusion = counts if confusion is None else confusion + counts
+        if confusion is None:
+            confusion = torch.zeros(NUM_EMOTIONS**2, dtype=torch.int64, device=labels.device)
+        confusion.scatter_add_(0, labels * NUM_EMOTIONS + predicted, torch.ones_like(labels))
     if confusion is None:
         return torch.zeros((NUM_EMOTIONS, NUM_EMOTIONS), dtype=torch.int64)
     return confusion.view(NUM_EMOTIONS, NUM_EMOTIONS)

@@ -54,3 +54,4 @@ class TrainConfig:
     model: str = DEFAULT_MODEL
     step: str = "auto"
     tensorboard: bool = False
+    checkpoint_every: Optional[float] = None

@@ -1,7 +1,7 @@
 """``ferplus-train`` / ``train.py``: train a FER+ network, ``-d DATA -m probability``.
 
 Resume a run from its folder alone: ``train.py --resume --output RUN`` takes the run's settings
-from ``RUN/args.json``; with it, only -e, --lr, --device, --amp and --tensorboard may change.
+from ``RUN/args.json``; with it, only -e, --lr, --device, --amp, --tensorboard and --checkpoint-every may change.
 
 Multi-GPU: ``torchrun --nproc_per_node=N train.py -d DATA -m MODE`` (``--batch-size`` is per
 process; the learning rate is not scaled for you).
@@ -22,8 +22,9 @@ from .common import add_data_folder, add_device, given_flags, make_parser
 
 DEFAULTS = TrainConfig(base_folder="")
 #: What ``--resume`` may change: how long to train, the learning rate from the resumed epoch on,
-#: and where and how the arithmetic runs (bit-identical resumes need the same device and dtype).
-RESUMABLE_CHANGES = ("max_epochs", "lr", "device", "amp", "tensorboard")
+#: where and how the arithmetic runs (bit-identical resumes need the same device and dtype), and
+#: what it writes on the side (TensorBoard, the mid-epoch checkpoint timer).
+RESUMABLE_CHANGES = ("max_epochs", "lr", "device", "amp", "tensorboard", "checkpoint_every")
 #: Flags that say which run to resume rather than how it trains.
 RESUME_SELECTORS = ("resume", "output")
 
@@ -59,6 +60,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume", action="store_true",
         help="continue the run in --output from its last.pt, with the settings in its args.json",
+    )
+    parser.add_argument(
+        "--checkpoint-every", "--checkpoint_every", dest="checkpoint_every", type=float, metavar="MINUTES",
+        default=DEFAULTS.checkpoint_every,
+        help="also save last.pt partway through an epoch every MINUTES (default: 10 on the CPU, none on CUDA; "
+        "0: only at epoch ends)",
     )
     parser.add_argument("--model", choices=MODEL_NAMES, default=DEFAULT_MODEL, help="network from the model registry")
     parser.add_argument(
