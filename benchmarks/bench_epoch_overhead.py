@@ -76,7 +76,7 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
         steps = engine.train_steps(config)
         epochs: List[Dict[str, float]] = []
         current = {"steps": 0.0}
-        last = None
+        last = last_step = None
         while True:
             try:
                 marker = next(steps)
