@@ -76,26 +76,6 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-#: Images per split of ``small_data``: four minibatches of 32 and a smaller last one.
-SMALL_SPLIT_IMAGES = 150
-
-
-@pytest.fixture(scope="session")
-def small_data(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first images of each synthetic split: for tests that compare runs and need no learning."""
-    from ferplus.fer_format import SPLIT_FOLDERS
-
-    base = tmp_path_factory.mktemp("small")
-    for folder in SPLIT_FOLDERS.values():
-        lines = (synthetic_data / folder / "label.csv").read_text().splitlines()[:SMALL_SPLIT_IMAGES]
-        (base / folder).mkdir()
-        (base / folder / "label.csv").write_text("\n".join(lines) + "\n")
-        for line in lines:
-            name = line.split(",")[0]
-            (base / folder / name).write_bytes((synthetic_data / folder / name).read_bytes())
-    return base
-
-
 @pytest.fixture(scope="session")
 def small_data(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first SMALL_SPLIT_IMAGES images of each synthetic split, for tests that check a run's

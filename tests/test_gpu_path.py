@@ -14,7 +14,6 @@ from ferplus.engine import epoch_seed, learning_rate, make_optimizer, train_one_
 from ferplus.labels import get_mode
 from ferplus.models import create_model
 from ferplus.step import make_step
-from test_multirun import small_data  # noqa: F401 (a fixture)
 
 #: Images per augmentation chunk here: several chunks per epoch, so that one is made while another trains.
 SMALL_CHUNK = 64

@@ -19,7 +19,7 @@ from ferplus.multirun import train_interleaved
 from ferplus.step import make_step
 from ferplus.checkpoint import load_checkpoint
 from test_fast_step import RaisingGraphs, SyncingCudaGraphs, WrongGraphs, restored_cuda_flags  # noqa: F401
-from test_multirun import assert_same_run, configs, deterministic_cuda, small_data  # noqa: F401 (small_data: a fixture)
+from test_multirun import assert_same_run, configs, deterministic_cuda
 
 #: What the fallback run records beyond the eager run: the step asked for, and why it did not run.
 REQUEST = ("step_requested", "step_fallback")
