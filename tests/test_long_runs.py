@@ -64,10 +64,10 @@ def interrupt_at_epoch(monkeypatch, stop: int) -> None:
     """Ctrl-C as epoch ``stop`` begins (after the earlier ones were saved)."""
     original = ferplus.engine.train_one_epoch
 
-    def train_one_epoch(step, stream, epoch, progress=False):
+    def train_one_epoch(step, stream, epoch, *args, **kwargs):
         if epoch == stop:
             raise KeyboardInterrupt
-        return (yield from original(step, stream, epoch, progress))
+        return (yield from original(step, stream, epoch, *args, **kwargs))
 
     monkeypatch.setattr(ferplus.engine, "train_one_epoch", train_one_epoch)
 
