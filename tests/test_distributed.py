@@ -143,9 +143,10 @@ def test_a_run_folder_in_use_stops_every_rank(small_data, tmp_path):
 PROBE_TRAIN = r"""
 import functools, sys
 from torch import nn
-import ferplus.engine, ferplus.models
-from ferplus.cli.train import run
+import ferplus.engine, ferplus.models, ferplus.settings
 ferplus.models.MODELS["linear_probe"] = lambda: nn.Sequential(nn.Flatten(), nn.Linear(64 * 64, 8))  # probe_model
+ferplus.settings.MODEL_NAMES += ("linear_probe",)  # the command line's --model choices
+from ferplus.cli.train import run
 ferplus.engine.TrainStream = functools.partial(ferplus.engine.TrainStream, augment=False)
 sys.exit(run(sys.argv[1:]))
 """
