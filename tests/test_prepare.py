@@ -261,7 +261,8 @@ def test_full_disk_is_one_line_naming_the_file_and_exit_1(tmp_path: Path, monkey
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"generate_training_data.py: error: {base}{os.sep}"), err
     assert err[0].endswith(f"{os.sep}FER2013Test{os.sep}{pair.rows[6]['name']}: {os.strerror(errno.ENOSPC)}"), err
-    assert list(base.iterdir()) == []  # nothing half-written: no split, no staging folder
+    # Nothing half-written: no split, no staging folder; only the generator's own lock file.
+    assert [p.name for p in base.iterdir()] == [RUN_LOCK]
 
 
 def test_leftovers_of_a_killed_run_are_removed(tmp_path: Path) -> None:
