@@ -905,6 +905,11 @@ def hostile_names(work: Path, cases: int, rng: np.random.Generator, timeout: flo
         if result == "handled":
             tally.events[f"{tool}: refused in one line"] += 1
         tally.add(result, f"{tool}: {name!r} in {folder.name}/{LABEL_FILE} line {row + 1}", run.leftovers, detail)
+        shutil.rmtree(case_dir)
+    return tally
+
+
+# ---------------------------------------------------------------------------------------------
 # Hostile model files, output targets, paths and non-finite models
 
 EVALUATOR, PREDICTOR, EXPORTER = ROOT / "evaluate.py", ROOT / "predict.py", ROOT / "export_onnx.py"
