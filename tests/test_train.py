@@ -411,18 +411,20 @@ def test_a_run_folder_in_use_is_refused_at_once(runs, small_data, tmp_path, caps
     shutil.copytree(runs["stopped"], resumed)
     no_data = tmp_path / "no_data"  # the second run never gets as far as finding no splits here
     no_data.mkdir()
-    for folder, flags in ((resumed, ("--resume",)), (tmp_path / "fresh", ())):
+    fresh = tmp_path / "fresh"
+    # A resume takes its settings from the run folder alone; a fresh run names a data folder.
+    for folder, argv in ((resumed, ("--resume", "--output", resumed)), (fresh, tiny_args(no_data, fresh, "-e", EPOCHS))):
         lock = FolderLock(folder)  # the first run's hold on its folder
         assert lock.acquire()
         before = folder_state(folder)
         try:
-            assert train_cli(*tiny_args(no_data, folder, "-e", EPOCHS, *flags)) == 2
+            assert train_cli(*argv) == 2
             captured = capsys.readouterr()
             assert (captured.out, captured.err) == ("", busy_message(folder) + "\n")
             assert folder_state(folder) == before
         finally:
             lock.release()
-    assert not (tmp_path / "fresh").exists()  # the first run wrote nothing, so its folder went too
+    assert not fresh.exists()  # the first run wrote nothing, so its folder went too
 
 
 def test_killed_run_is_taken_over_and_its_temporaries_removed(small_data, tmp_path):
