@@ -43,8 +43,10 @@ RUN_FILES = {
 }
 # Fields in which an interrupted and an uninterrupted run differ by design: timings, the
 # resume flag and the run folder.
+#: (``checkpoint_every`` too: when a run saves on the side does not change what it trains.)
 RUN_SPECIFIC_KEYS = {
     "seconds", "train_seconds", "wall_seconds", "session_wall_seconds", "train_images_per_second", "resume", "output",
+    "checkpoint_every",
 }
 
 
@@ -504,7 +506,7 @@ def test_interrupted_run_says_how_to_go_on(runs, small_data, tmp_path, monkeypat
         f"continue with python train.py --resume --output {output}"
     )
     # Interrupted before anything was written, there is nothing to go on from, and no folder left.
-    monkeypatch.setattr(ferplus.engine, "read_folder", interrupt)
+    monkeypatch.setattr(ferplus.engine, "read_data_folder", interrupt)
     assert train_cli(*tiny_args(small_data, tmp_path / "early", "-e", 1)) == 130
     assert _one_line_error(capsys) == "train.py: interrupted"
     assert not (tmp_path / "early").exists()
