@@ -268,7 +268,7 @@ def main() -> None:
         return
     together = max([r for label, r in rates.items() if "runs at once" in label] + [default_rate])
     table_images = TABLE_SEEDS * sum(REAL_TRAIN_IMAGES.values()) * EPOCHS
-    print(f"\nprojected on the real data, training steps only (evaluation and checkpoints add to it):")
+    print("\nprojected on the real data, training steps only (evaluation and checkpoints add to it):")
     for mode in ("majority", "probability"):
         images = REAL_TRAIN_IMAGES[mode] * EPOCHS
         print(f"  one {mode} run, {REAL_TRAIN_IMAGES[mode]:,} images x {EPOCHS} epochs: "

@@ -58,8 +58,8 @@ from .monitor import TensorBoardLog, require_tensorboard
 from .plots import plot_confusion_matrix, plot_training_curves
 from .progress import EpochProgress
 from .runtime import EVAL_BATCH_SIZE, confusion_matrix, predict_scores, resolve_device
-from .settings import TrainConfig
-from .step import STEP_KINDS, EagerStep, make_step, resolve_step_kind
+from .settings import STEP_KINDS, TrainConfig
+from .step import EagerStep, make_step, resolve_step_kind
 
 #: (first epoch, factor of the base learning rate), epochs counted from 0.
 LR_SCHEDULE = ((20, 0.5), (40, 0.1))

@@ -33,7 +33,6 @@ from torch import nn
 from .fer_format import NUM_EMOTIONS
 from .losses import LossFn
 from .models import INPUT_SIZE
-from .settings import STEP_KINDS
 
 #: Eager runs of the fast step before capture: cuDNN autotuning and lazy initialisation happen
 #: there, not in the graph (the CUDA-graph documentation's warm-up on a side stream).
